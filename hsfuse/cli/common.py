@@ -1,0 +1,69 @@
+"""Shared CLI plumbing: consoles, the one error boundary, JSON output.
+
+Every subcommand module defines plain functions with Typer annotations and
+wraps its body in ``with guard():`` so that an ``HsfuseError`` becomes one line
+on stderr plus its exit code, never a traceback. Progress and logs go to
+stderr (``err``); ``--json`` output is exactly one object on stdout (``emit_json``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import typer
+from rich.console import Console
+
+from ..errors import EXIT_INTERRUPTED, HsfuseError
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+
+@contextlib.contextmanager
+def guard() -> Iterator[None]:
+    """Turn library errors into one-line messages and exit codes."""
+    try:
+        yield
+    except HsfuseError as e:
+        err.print(f"[bold red]hsfuse: error:[/] {e.oneline()}", markup=True, soft_wrap=True)
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("hsfuse: interrupted", soft_wrap=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except MemoryError:
+        err.print("hsfuse: error: out of memory (try a smaller --tile)", soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def _jsonable(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return _jsonable(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None  # strict JSON has no NaN/inf
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def emit_json(obj: Any) -> None:
+    """Print exactly one strict-JSON object on stdout."""
+    sys.stdout.write(json.dumps(_jsonable(obj), indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def show_progress(quiet: bool = False, json_mode: bool = False) -> bool:
+    """Progress bars only for a person watching: not with --quiet, and only on a TTY."""
+    return not quiet and err.is_terminal

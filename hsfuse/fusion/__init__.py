@@ -1,0 +1,1 @@
+"""Running fusion methods: the method interface, tiling and streaming (see engine.py)."""
