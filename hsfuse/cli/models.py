@@ -1,0 +1,16 @@
+"""`hsfuse models` (placeholder until its issue lands)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import err
+
+
+def models() -> None:
+    """Not yet available."""
+    err.print("hsfuse models: not yet available")
+    raise typer.Exit(1)
