@@ -1,0 +1,119 @@
+"""The weights format: ``NAME.safetensors`` plus ``NAME.json`` (the training record).
+
+The record says what the weights mean and how they were made, so ``fuse`` can
+check inputs against it and users can judge it::
+
+    {"name", "architecture", "kwargs", "bands", "wavelengths", "msi_bands",
+     "srf" (m x C list), "srf_name", "scales", "protocol", "training_data",
+     "validation_scenes", "steps", "device", "gpu_seconds"/"cpu_seconds",
+     "git_commit", "created", "validation_metrics", "notes",
+     "sha256" (of the .safetensors file), "format_version": 1}
+
+Loading checks the sha256 and never executes pickles (safetensors only).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ModelError
+
+FORMAT_VERSION = 1
+REQUIRED_FIELDS = ("name", "architecture", "kwargs", "bands", "scales", "protocol", "training_data", "steps", "validation_metrics")
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def git_commit(repo: str | Path | None = None) -> str | None:
+    """The current commit of the hsfuse checkout (recorded in training records)."""
+    repo = Path(repo) if repo else Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def save_weights(stem: str | Path, state_dict: dict, record: dict[str, Any]) -> tuple[Path, Path]:
+    """Write ``stem.safetensors`` and ``stem.json`` atomically; returns both paths."""
+    from safetensors.torch import save_file
+
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    st_path, js_path = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+    tmp_st = st_path.with_name(f".{st_path.name}.tmp-{os.getpid()}")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    save_file(tensors, str(tmp_st))
+    rec = dict(record)
+    rec.setdefault("name", stem.name)
+    rec.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    rec.setdefault("git_commit", git_commit())
+    rec["format_version"] = FORMAT_VERSION
+    rec["weights_file"] = st_path.name
+    rec["sha256"] = sha256_file(tmp_st)
+    rec["parameters"] = int(sum(int(np.prod(t.shape)) for t in tensors.values()))
+    tmp_js = js_path.with_name(f".{js_path.name}.tmp-{os.getpid()}")
+    tmp_js.write_text(json.dumps(_jsonable(rec), indent=2) + "\n")
+    os.replace(tmp_st, st_path)
+    os.replace(tmp_js, js_path)
+    return st_path, js_path
+
+
+def read_record(path: str | Path) -> dict[str, Any]:
+    """The JSON record for a weights stem, ``.json`` or ``.safetensors`` path."""
+    js = Path(path).with_suffix(".json")
+    try:
+        rec = json.loads(js.read_text())
+    except FileNotFoundError:
+        raise ModelError("weights record (.json) not found", js) from None
+    except json.JSONDecodeError as e:
+        raise ModelError(f"weights record is not valid JSON: {e}", js) from None
+    missing = [f for f in REQUIRED_FIELDS if f not in rec]
+    if missing:
+        raise ModelError(f"weights record lacks fields: {', '.join(missing)}", js)
+    return rec
+
+
+def load_weights(path: str | Path, verify: bool = True) -> tuple[dict, dict[str, Any]]:
+    """(state_dict, record) after checking the sha256 recorded in the JSON."""
+    from safetensors.torch import load_file
+
+    rec = read_record(path)
+    st = Path(path).with_suffix(".safetensors")
+    if not st.exists():
+        raise ModelError("weights file not found", st)
+    if verify:
+        digest = sha256_file(st)
+        if digest != rec.get("sha256"):
+            raise ModelError(f"sha256 mismatch (file {digest[:12]}…, record {str(rec.get('sha256'))[:12]}…): corrupt or replaced weights", st)
+    try:
+        state = load_file(str(st))
+    except Exception as e:  # safetensors raises its own error types for truncated files
+        raise ModelError(f"cannot read weights: {e}", st) from None
+    return state, rec
