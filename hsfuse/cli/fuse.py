@@ -1,16 +1,182 @@
-"""`hsfuse fuse` (placeholder until its issue lands)."""
+"""`hsfuse fuse`: the command users came for."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
-from .common import err
+from ..errors import HsfuseError, InputError, UsageError
+from .common import emit_json, err, guard, show_progress
 
 
-def fuse() -> None:
-    """Not yet available."""
-    err.print("hsfuse fuse: not yet available")
-    raise typer.Exit(1)
+def _progress_bar(enabled: bool):
+    """A rich progress bar on stderr, or a no-op; returns (context manager, callback)."""
+    import contextlib
+
+    if not enabled:
+        return contextlib.nullcontext(), None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn(), console=err, transient=True)
+    tasks: dict[str, int] = {}
+
+    def callback(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total)
+        bar.update(tasks[stage], completed=done)
+
+    return bar, callback
+
+
+def _pairs_from(inputs: list[Path], pairs_csv: Optional[Path], out_dir: Optional[Path], output: Optional[Path],
+                out_format: Optional[str]) -> list[tuple[Path, Path, Path]]:
+    if pairs_csv is not None:
+        if inputs:
+            raise UsageError("give either --pairs or positional LR MSI inputs, not both")
+        if not pairs_csv.is_file():
+            raise InputError("pairs file not found", pairs_csv)
+        rows = list(csv.DictReader(pairs_csv.read_text().splitlines()))
+        if not rows or not {"lr", "msi"} <= set(rows[0]):
+            raise InputError("pairs CSV needs a header with columns lr,msi[,output]", pairs_csv)
+        base = pairs_csv.parent
+        out = []
+        for r in rows:
+            lr, msi = base / r["lr"], base / r["msi"]
+            if r.get("output"):
+                dst = base / r["output"]
+            elif out_dir is not None:
+                dst = out_dir / _default_name(lr, out_format)
+            else:
+                raise UsageError("pairs CSV rows without an 'output' column need --out-dir")
+            out.append((lr, msi, dst))
+        return out
+    if len(inputs) == 2 and output is not None:
+        if out_dir is not None:
+            raise UsageError("give either -o/--output or --out-dir, not both")
+        return [(inputs[0], inputs[1], output)]
+    if output is not None:
+        raise UsageError(f"-o/--output takes one pair (LR MSI); got {len(inputs)} inputs (use --out-dir for several)")
+    if out_dir is None:
+        raise UsageError("missing -o/--output (or --out-dir for several pairs)")
+    if not inputs or len(inputs) % 2:
+        raise UsageError(f"inputs must come in LR MSI pairs; got {len(inputs)} paths")
+    return [(inputs[i], inputs[i + 1], out_dir / _default_name(inputs[i], out_format)) for i in range(0, len(inputs), 2)]
+
+
+def _default_name(lr: Path, out_format: Optional[str]) -> str:
+    ext = {"envi": ".hdr", "tiff": ".tif", "mat": ".mat"}.get((out_format or "").lower())
+    if ext is None:
+        ext = lr.suffix if lr.suffix.lower() in (".hdr", ".tif", ".tiff", ".mat") else ".tif"
+    return f"{lr.stem}_fused{ext}"
+
+
+def fuse(
+    inputs: List[Path] = typer.Argument(None, help="LR MSI (one pair with -o; several pairs with --out-dir).", show_default=False),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output file; its extension picks the format."),
+    model: Optional[str] = typer.Option(None, "-m", "--model", help="Model name (see `hsfuse models`); default: the best that fits."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="Degradation preset giving PSF and SRF (see docs/protocols.md)."),
+    psf: Optional[str] = typer.Option(None, "--psf", help="PSF: gaussian, box, or a kernel file (.npy, .csv, .mat:VAR)."),
+    sigma: Optional[float] = typer.Option(None, "--sigma", help="Gaussian PSF sigma in HR pixels (default FWHM = scale)."),
+    psf_form: str = typer.Option("conv", "--form", help="PSF sampling form: block | conv."),
+    srf: Optional[str] = typer.Option(None, "--srf", help="MSI spectral response (built-in name or file); estimated if needed and absent."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16 (GPU only)."),
+    tile: int = typer.Option(512, "--tile", help="Tile side in output (HR) pixels; memory scales with it."),
+    overlap: Optional[int] = typer.Option(None, "--overlap", help="HR pixels blended between tiles (default: the model's)."),
+    out_format: Optional[str] = typer.Option(None, "--format", help="Output format override: envi | tiff | mat."),
+    lr_var: Optional[str] = typer.Option(None, "--lr-var", help="Variable of a .mat LR input."),
+    msi_var: Optional[str] = typer.Option(None, "--msi-var", help="Variable of a .mat MSI input."),
+    pairs: Optional[Path] = typer.Option(None, "--pairs", help="CSV with columns lr,msi[,output] (paths relative to the CSV)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Output folder for several pairs."),
+    keep_going: bool = typer.Option(False, "--keep-going", help="With several pairs, go on after a failed pair."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Resolve inputs, model, tiles and device; print the plan; compute nothing."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress or messages (errors still go to stderr)."),
+) -> None:
+    """Fuse an LR hyperspectral cube with an HR multispectral image into an HR hyperspectral cube.
+
+    The output lies on the MSI's grid (with its georeferencing) and carries the LR's wavelengths.
+
+    $ hsfuse fuse lr.hdr msi.tif -o fused.hdr
+
+    $ hsfuse fuse lr.tif rgb.tif -o out.tif --model cnmf --srf nikon-d700 --json
+
+    $ hsfuse fuse --pairs pairs.csv --out-dir fused/ --keep-going
+    """
+    with guard():
+        from ..fusion.engine import FuseConfig, fuse_files, make_plan
+        from ..io import check_writable, open_cube
+
+        jobs = _pairs_from(list(inputs or []), pairs, out_dir, output, out_format)
+        if out_dir is not None and not dry_run:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        cfg = FuseConfig(model=model, tile=tile, overlap=overlap, device=device, precision=precision,
+                         psf=psf, sigma=sigma, psf_form=psf_form, srf=srf, protocol=protocol)
+        lr_opts = {"var": lr_var} if lr_var else {}
+        msi_opts = {"var": msi_var} if msi_var else {}
+
+        def say(msg: str) -> None:
+            if not quiet:
+                err.print(msg, soft_wrap=True, markup=False)
+
+        results, failed = [], 0
+        for lr_path, msi_path, out_path in jobs:
+            try:
+                if dry_run:
+                    with open_cube(lr_path, **lr_opts) as lr, open_cube(msi_path, **msi_opts) as msi:
+                        plan = make_plan(lr, msi, cfg).to_dict()
+                    fmt = check_writable(out_path, out_format, overwrite)
+                    results.append({"lr": str(lr_path), "msi": str(msi_path), "output": str(out_path),
+                                    "output_format": fmt, "plan": plan, "status": "planned"})
+                    if not json_out:
+                        _print_plan(lr_path, msi_path, out_path, plan)
+                    continue
+                bar, callback = _progress_bar(show_progress(quiet))
+                with bar:
+                    res = fuse_files(lr_path, msi_path, out_path, cfg, overwrite=overwrite, out_format=out_format,
+                                     lr_opts=lr_opts, msi_opts=msi_opts, progress=callback, notify=say)
+                say(f"{out_path}: {res.plan['model']} ({res.plan['model_reason']}), x{res.plan['scale']}, "
+                    f"{res.plan['tiles']} tile(s) on {res.plan['device']}, {res.seconds:.2f} s "
+                    f"({res.megapixels_per_second:.2f} MP/s)")
+                results.append({"lr": str(lr_path), "msi": str(msi_path), "output": res.output, "status": "ok",
+                                "seconds": res.seconds, "megapixels_per_second": res.megapixels_per_second,
+                                "plan": res.plan, "model_info": res.model_info})
+            except HsfuseError as e:
+                if len(jobs) == 1:
+                    raise
+                failed += 1
+                err.print(f"hsfuse: error: {e.oneline()}", soft_wrap=True, markup=False)
+                results.append({"lr": str(lr_path), "msi": str(msi_path), "output": str(out_path), "status": "failed",
+                                "error": e.oneline(), "exit_code": e.exit_code})
+                if not keep_going:
+                    break
+        if json_out:
+            emit_json(results[0] if len(jobs) == 1 else {"pairs": results, "failed": failed, "total": len(jobs)})
+        if failed:
+            if not quiet:
+                err.print(f"hsfuse: {failed} of {len(jobs)} pair(s) failed", markup=False)
+            raise typer.Exit(1)
+
+
+def _print_plan(lr: Path, msi: Path, out: Path, plan: dict) -> None:
+    from rich.table import Table
+
+    from .common import out as console
+
+    t = Table(title=f"plan: {lr.name} + {msi.name} -> {out}", show_header=False)
+    t.add_row("scale", f"x{plan['scale']}")
+    t.add_row("LR / MSI / output", f"{plan['lr_shape']} / {plan['msi_shape']} / {plan['out_shape']} (C, H, W)")
+    t.add_row("model", f"{plan['model']} ({plan['model_kind']}): {plan['model_reason']}")
+    if plan.get("weights"):
+        t.add_row("weights", plan["weights"])
+    t.add_row("device", f"{plan['device']} ({plan['precision']})")
+    t.add_row("tiles", f"{plan['tiles']} ({plan['tile_grid'][0]}x{plan['tile_grid'][1]}), tile {plan['tile_hr']} px, "
+              f"overlap {plan['overlap_hr']} px")
+    t.add_row("PSF", f"{plan['psf']['name']} ({plan['psf']['source']})")
+    t.add_row("SRF", plan["srf"]["source"])
+    console.print(t)

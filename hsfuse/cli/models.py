@@ -1,16 +1,39 @@
-"""`hsfuse models` (placeholder until its issue lands)."""
+"""`hsfuse models`: what is registered and what is installed."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Optional
-
 import typer
 
-from .common import err
+from .common import emit_json, guard, out
 
 
-def models() -> None:
-    """Not yet available."""
-    err.print("hsfuse models: not yet available")
-    raise typer.Exit(1)
+def models(
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """List the fusion models, their kind, what inputs they accept and which trained weights are installed.
+
+    $ hsfuse models
+
+    $ hsfuse models --json | jq '.models[] | select(.available) | .name'
+    """
+    with guard():
+        from rich.table import Table
+
+        from ..models.registry import describe_entry, list_models, weights_dir
+
+        entries = [describe_entry(e) for e in list_models()]
+        if json_out:
+            emit_json({"weights_dir": str(weights_dir()), "models": entries})
+            return
+        t = Table(title="hsfuse models")
+        for col in ("name", "kind", "accepts", "weights", "summary"):
+            t.add_column(col, overflow="fold")
+        for e in entries:
+            if not e["needs_weights"]:
+                w = "not needed"
+            elif e["installed"]:
+                w = ", ".join(f"{i['file']} (x{','.join(map(str, i.get('scales') or []))})" for i in e["installed"])
+            else:
+                w = "[red]not installed: unavailable[/]"
+            t.add_row(e["name"], e["kind"], e["accepts"], w, e["summary"])
+        out.print(t)

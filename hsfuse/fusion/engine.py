@@ -1,0 +1,448 @@
+"""Plan and run a fusion: resolve inputs, scale, model and device, then stream tiles.
+
+    from hsfuse.fusion.engine import FuseConfig, fuse_files, fuse_arrays
+    result = fuse_files("lr.hdr", "msi.tif", "out.hdr", FuseConfig(model="gsa"))
+    hr = fuse_arrays(lr, msi, FuseConfig(model="gsa"))      # numpy in, numpy out
+
+Two passes over the MSI, both tile by tile with bounded memory:
+1. degrade the MSI onto the LR grid (``msi_lr``) with the PSF, so methods can
+   estimate their global parameters once from the whole (small) LR scene;
+2. fuse tile by tile (see tiling.py) and write each finished region straight
+   into the output writer, which renames its temporary file into place only
+   when every tile is done.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..cube import CubeMeta, GeoRef, Window
+from ..degrade import Psf, spatial_degrade
+from ..errors import HsfuseError, InputError, ModelError, UsageError
+from ..io import create_writer, open_cube
+from ..io.base import CubeSource
+from ..io.memory import ArraySink, ArraySource
+from ..models.registry import ModelEntry, get_model, list_models
+from .base import FusionProblem, Fuser
+from .tiling import Span, mirror_index, ramp, read_mirrored, spans
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass(frozen=True)
+class FuseConfig:
+    """Everything that decides how a pair is fused (defaults < config file < flags)."""
+
+    model: str | None = None  # None: choose by what fits the inputs
+    tile: int = 512  # HR pixels per tile side (rounded to a multiple of the scale)
+    overlap: int | None = None  # HR pixels blended between tiles; None: the model's default
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (GPU only; CPU always runs fp32)
+    psf: Psf | str | None = None  # a Psf, or a spec for degrade.make_psf ("gaussian", "box", a kernel file)
+    sigma: float | None = None  # with psf="gaussian"
+    psf_form: str = "conv"  # with a psf spec: block | conv
+    srf: np.ndarray | str | None = None  # (msi_bands, lr_bands) matrix, or a spec for srf.load_srf
+    protocol: str | None = None  # a degradation preset giving both PSF and SRF (overridden by psf/srf)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FusePlan:
+    scale: int
+    lr_shape: tuple[int, int, int]
+    msi_shape: tuple[int, int, int]
+    out_shape: tuple[int, int, int]
+    model: ModelEntry
+    model_reason: str
+    weights: Path | None
+    device: str
+    precision: str
+    tile_lr: int
+    half_overlap_lr: int
+    row_spans: list[Span]
+    col_spans: list[Span]
+    psf: Psf
+    psf_source: str
+    srf: np.ndarray | None
+    srf_source: str
+
+    @property
+    def n_tiles(self) -> int:
+        return len(self.row_spans) * len(self.col_spans)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scale": self.scale, "lr_shape": list(self.lr_shape), "msi_shape": list(self.msi_shape),
+            "out_shape": list(self.out_shape), "model": self.model.name, "model_kind": self.model.kind,
+            "model_reason": self.model_reason, "weights": str(self.weights) if self.weights else None,
+            "device": self.device, "precision": self.precision,
+            "tile_hr": self.tile_lr * self.scale, "overlap_hr": 2 * self.half_overlap_lr * self.scale,
+            "tiles": self.n_tiles, "tile_grid": [len(self.row_spans), len(self.col_spans)],
+            "psf": {"name": self.psf.name, "size": self.psf.size, "pad": self.psf.pad, "border": self.psf.border,
+                    "source": self.psf_source},
+            "srf": {"source": self.srf_source, "shape": None if self.srf is None else list(self.srf.shape)},
+        }
+
+
+def resolve_device(device: str) -> str:
+    device = (device or "auto").lower()
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise UsageError(f"--device must be auto, cpu or cuda, got '{device}'")
+    if device == "cpu":
+        return "cpu"
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        raise UsageError("--device cuda requested but no CUDA device is available (torch.cuda.is_available() is False)")
+    return device
+
+
+def infer_scale(lr: CubeSource, msi: CubeSource) -> int:
+    """The integer ratio between the MSI and LR grids (same in both axes), else a clear error."""
+    (_, h, w), (_, H, W) = lr.shape, msi.shape
+    if H < h or W < w:
+        raise InputError(f"the MSI ({H}x{W}) is smaller than the LR cube ({h}x{w}) {lr.path}: are the inputs swapped?", msi.path)
+    if H % h or W % w:
+        raise InputError(f"grids are not in an integer ratio: MSI {H}x{W} vs LR {h}x{w} ({H / h:.4g} x {W / w:.4g})", msi.path)
+    if H // h != W // w:
+        raise InputError(f"scale differs between axes: MSI {H}x{W} vs LR {h}x{w} gives {H // h} and {W // w}", msi.path)
+    if H == h:
+        raise InputError(f"MSI and LR have the same size ({H}x{W}): nothing to super-resolve", msi.path)
+    return H // h
+
+
+def _record_fits(rec: dict[str, Any], lr: CubeSource, msi: CubeSource, scale: int) -> str | None:
+    """None if a weights record fits the inputs, else the reason it does not."""
+    if scale not in [int(s) for s in rec.get("scales", [])]:
+        return f"trained for scale(s) {rec.get('scales')}, inputs are x{scale}"
+    if int(rec.get("bands", -1)) != lr.bands:
+        return f"trained for {rec.get('bands')} LR bands, input has {lr.bands}"
+    if rec.get("msi_bands") is not None and int(rec["msi_bands"]) != msi.bands:
+        return f"trained for {rec.get('msi_bands')} MSI bands, input has {msi.bands}"
+    wl = lr.meta.wavelengths
+    if wl is not None and rec.get("wavelengths") is not None:
+        ref = np.asarray(rec["wavelengths"], dtype=float)
+        if ref.shape != wl.shape or np.max(np.abs(ref - wl)) > 5.0:
+            return "LR wavelengths differ from the training wavelengths by more than 5 nm"
+    return None
+
+
+def select_weights(entry: ModelEntry, lr: CubeSource, msi: CubeSource, scale: int) -> tuple[Path | None, str]:
+    """Pick the installed weights of ``entry`` that fit; (None, reasons) if none does."""
+    from ..weights import read_record
+
+    reasons = []
+    for path in entry.installed_weights():
+        rec = read_record(path)
+        why = _record_fits(rec, lr, msi, scale)
+        if why is None:
+            return path, f"weights {path.name} fit the inputs"
+        reasons.append(f"{path.name}: {why}")
+    if not entry.weights or not reasons and not entry.installed_weights():
+        return None, f"no trained weights for '{entry.name}' are installed in {entry.installed_weights() and '' or 'weights/'}"
+    return None, "; ".join(reasons)
+
+
+def choose_model(lr: CubeSource, msi: CubeSource, scale: int) -> tuple[ModelEntry, Path | None, str]:
+    """A pretrained model when one fits the bands, wavelengths and scale, else detail injection."""
+    for entry in list_models():
+        if entry.kind == "supervised" and entry.available:
+            path, why = select_weights(entry, lr, msi, scale)
+            if path is not None:
+                return entry, path, f"pretrained '{entry.name}' chosen: {why}"
+    return get_model("gsa"), None, "no pretrained model fits these inputs; using classical detail injection 'gsa'"
+
+
+def resolve_psf_srf(cfg: FuseConfig, scale: int, lr: CubeSource, msi: CubeSource):
+    """(psf, psf_source, srf, srf_source) from --protocol, --psf/--sigma/--form and --srf."""
+    psf = srf = None
+    psf_source, srf_source = "", "not given"
+    if cfg.protocol:
+        from ..protocols import get_protocol
+
+        proto = get_protocol(cfg.protocol)
+        if proto.scale is not None and proto.scale != scale:
+            raise InputError(f"protocol '{cfg.protocol}' is for x{proto.scale} but the inputs are x{scale}", msi.path)
+        psf, srf = proto.build(scale=scale, wavelengths=lr.meta.wavelengths, n_bands=lr.bands)
+        psf_source = srf_source = f"protocol {cfg.protocol}"
+    if isinstance(cfg.psf, Psf):
+        psf, psf_source = cfg.psf, "given"
+    elif isinstance(cfg.psf, str):
+        from ..degrade import make_psf
+
+        psf, psf_source = make_psf(cfg.psf, scale, sigma=cfg.sigma, form=cfg.psf_form), f"--psf {cfg.psf}"
+    if psf is None:
+        psf, psf_source = Psf.gaussian(scale), "assumed: Gaussian with FWHM = scale (give --psf or --protocol if known)"
+    if psf.scale != scale:
+        raise UsageError(f"the PSF is for scale {psf.scale} but the inputs are x{scale}")
+    if isinstance(cfg.srf, str):
+        from ..srf import load_srf
+
+        srf, srf_source = load_srf(cfg.srf, lr.meta.wavelengths, lr.bands).matrix, f"--srf {cfg.srf}"
+    elif cfg.srf is not None:
+        srf, srf_source = cfg.srf, "given"
+    if srf is not None:
+        srf = np.asarray(srf, dtype=np.float64)
+        if srf.shape != (msi.bands, lr.bands):
+            raise InputError(f"SRF has shape {srf.shape}, expected (MSI bands, LR bands) = ({msi.bands}, {lr.bands})", msi.path)
+    return psf, psf_source, srf, srf_source
+
+
+def make_plan(lr: CubeSource, msi: CubeSource, cfg: FuseConfig) -> FusePlan:
+    scale = infer_scale(lr, msi)
+    if cfg.model is None:
+        entry, weights, reason = choose_model(lr, msi, scale)
+    else:
+        entry = get_model(cfg.model)
+        weights, reason = None, "chosen with --model"
+        if entry.needs_weights:
+            weights, why = select_weights(entry, lr, msi, scale)
+            if weights is None:
+                raise ModelError(f"model '{entry.name}' cannot take these inputs: {why}", lr.path)
+    psf, psf_source, srf, srf_source = resolve_psf_srf(cfg, scale, lr, msi)
+    if srf is None and entry.needs_srf:
+        srf_source = "estimated from the inputs by least squares"
+    if cfg.tile < 1:
+        raise UsageError(f"--tile must be positive, got {cfg.tile}")
+    tile_lr = max(1, cfg.tile // scale)
+    overlap_hr = entry.default_overlap if cfg.overlap is None else cfg.overlap
+    if overlap_hr < 0:
+        raise UsageError(f"--overlap must be >= 0, got {overlap_hr}")
+    half = math.ceil(overlap_hr / (2 * scale)) if overlap_hr else 0
+    # one half-overlap for both axes, at most half the smallest core (bands must not meet)
+    for n in (lr.height, lr.width):
+        cores = [sp.c1 - sp.c0 for sp in spans(n, tile_lr, 0)]
+        if len(cores) > 1:
+            half = min(half, min(cores) // 2)
+    rows, cols = spans(lr.height, tile_lr, half), spans(lr.width, tile_lr, half)
+    device = resolve_device(cfg.device)
+    precision = cfg.precision.lower()
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise UsageError(f"--precision must be fp32, bf16 or fp16, got '{cfg.precision}'")
+    return FusePlan(
+        scale=scale, lr_shape=lr.shape, msi_shape=msi.shape, out_shape=(lr.bands, msi.height, msi.width),
+        model=entry, model_reason=reason, weights=weights, device=device,
+        precision=precision if device != "cpu" else "fp32",
+        tile_lr=tile_lr, half_overlap_lr=half, row_spans=rows, col_spans=cols,
+        psf=psf, psf_source=psf_source, srf=srf, srf_source=srf_source,
+    )
+
+
+def output_meta(lr: CubeSource, msi: CubeSource, plan: FusePlan) -> CubeMeta:
+    """LR spectral metadata on the MSI's grid (georeferencing from the MSI, never the LR)."""
+    m = lr.meta
+    return CubeMeta(
+        wavelengths=None if m.wavelengths is None else np.array(m.wavelengths),
+        fwhm=None if m.fwhm is None else np.array(m.fwhm),
+        band_names=None if m.band_names is None else list(m.band_names),
+        nodata=float("nan"),
+        georef=None if msi.meta.georef is None else GeoRef(msi.meta.georef.crs_wkt, msi.meta.georef.transform),
+        bad_bands=None if m.bad_bands is None else np.array(m.bad_bands),
+        description=f"hsfuse {plan.model.name} x{plan.scale} fusion of {lr.path.name} and {msi.path.name}",
+        source={"interleave": m.source.get("interleave", "bsq")} if m.source.get("format") == "envi" else {},
+    )
+
+
+class _Prepared:
+    """Scene-wide state from pass 1: the filled LR, msi_lr, fill values and validity."""
+
+    def __init__(self, lr: np.ndarray, lr_fill: np.ndarray, msi_fill: np.ndarray, lr_valid: np.ndarray):
+        self.lr, self.lr_fill, self.msi_fill, self.lr_valid = lr, lr_fill, msi_fill, lr_valid
+
+
+def _degrade_msi(msi: CubeSource, plan: FusePlan, progress: Progress | None) -> tuple[np.ndarray, np.ndarray]:
+    """Pass 1: MSI degraded onto the LR grid tile by tile, and where it touched nodata."""
+    s, psf = plan.scale, plan.psf
+    halo = psf.halo_lr
+    h, w = plan.lr_shape[1:]
+    out = np.empty((msi.bands, h, w), dtype=np.float32)
+    bad = np.zeros((h, w), dtype=bool)
+    rows, cols = spans(h, plan.tile_lr, 0), spans(w, plan.tile_lr, 0)
+    total, done = len(rows) * len(cols), 0
+    for r in rows:
+        for c in cols:
+            block = read_mirrored(msi, r.c0 - halo, r.c1 + halo, c.c0 - halo, c.c1 + halo, s)
+            nan = ~np.isfinite(block)
+            if nan.any():
+                block = np.where(nan, 0.0, block).astype(np.float32)
+                touched = spatial_degrade(nan.any(0, keepdims=True).astype(np.float32), psf)[0] > 0
+                bad[r.c0:r.c1, c.c0:c.c1] = touched[halo:halo + r.c1 - r.c0, halo:halo + c.c1 - c.c0]
+            low = spatial_degrade(block, psf)
+            out[:, r.c0:r.c1, c.c0:c.c1] = low[:, halo:halo + r.c1 - r.c0, halo:halo + c.c1 - c.c0]
+            done += 1
+            if progress:
+                progress("degrade MSI", done, total)
+    return out, bad
+
+
+def _band_means(x: np.ndarray, valid: np.ndarray, path: Path) -> np.ndarray:
+    if not valid.any():
+        raise InputError("no valid pixels (everything is nodata/NaN)", path)
+    return np.array([float(b[valid].mean()) for b in x], dtype=np.float32)
+
+
+def prepare(lr_src: CubeSource, msi_src: CubeSource, fuser: Fuser, plan: FusePlan, progress: Progress | None) -> _Prepared:
+    lr = lr_src.read()
+    msi_lr, msi_bad = _degrade_msi(msi_src, plan, progress)
+    lr_valid = np.isfinite(lr).all(0)
+    fit_valid = lr_valid & ~msi_bad & np.isfinite(msi_lr).all(0)
+    lr_fill = _band_means(lr, fit_valid, lr_src.path)
+    msi_fill = _band_means(msi_lr, fit_valid, msi_src.path)
+    lr_fit = np.where(fit_valid[None], lr, np.nan).astype(np.float32)
+    msi_fit = np.where(fit_valid[None], msi_lr, np.nan).astype(np.float32)
+    fuser.fit(lr_fit, msi_fit)
+    lr_filled = np.where(np.isfinite(lr), lr, lr_fill[:, None, None]).astype(np.float32)
+    return _Prepared(lr_filled, lr_fill, msi_fill, lr_valid)
+
+
+def build_fuser(plan: FusePlan, cfg: FuseConfig, lr: CubeSource, msi: CubeSource) -> Fuser:
+    options = dict(cfg.options)
+    if plan.weights is not None:
+        options["weights"] = plan.weights
+    problem = FusionProblem(
+        scale=plan.scale, lr_bands=lr.bands, msi_bands=msi.bands, psf=plan.psf, srf=plan.srf,
+        lr_wavelengths=lr.meta.wavelengths, msi_wavelengths=msi.meta.wavelengths, options=options,
+    )
+    try:
+        cls = plan.model.load_class()
+    except (ImportError, AttributeError) as e:
+        raise ModelError(f"model '{plan.model.name}' is not available in this installation: {e}") from None
+    return cls(problem, device=plan.device, precision=plan.precision)
+
+
+def stream_tiles(plan: FusePlan, fuser: Fuser, prep: _Prepared, msi: CubeSource, sink, progress: Progress | None) -> None:
+    """Pass 2: fuse every tile, blend overlaps, write finished regions in row-major order."""
+    s, o, halo = plan.scale, plan.half_overlap_lr, max(int(fuser.halo_lr), 0)
+    C, H, W = plan.out_shape
+    lr_src = ArraySource(prep.lr)
+    lr_valid = prep.lr_valid
+    vcarry = None
+    total, done = plan.n_tiles, 0
+    for R in plan.row_spans:
+        next_vcarry = None if R.last else np.zeros((C, 2 * o * s, W), dtype=np.float32)
+        hcarry = None
+        for Cs in plan.col_spans:
+            eh, ew = (R.e1 - R.e0) * s, (Cs.e1 - Cs.e0) * s
+            # ---- inputs with halo, mirrored at the scene border
+            lr_in = read_mirrored(lr_src, R.e0 - halo, R.e1 + halo, Cs.e0 - halo, Cs.e1 + halo)
+            msi_in = read_mirrored(msi, R.e0 - halo, R.e1 + halo, Cs.e0 - halo, Cs.e1 + halo, s)
+            msi_nan = ~np.isfinite(msi_in)
+            if msi_nan.any():
+                msi_in = np.where(msi_nan, prep.msi_fill[:, None, None], msi_in).astype(np.float32)
+            hs = slice(halo * s, halo * s + eh), slice(halo * s, halo * s + ew)
+            invalid = msi_nan.any(0)[hs]
+            lv = lr_valid[mirror_index(np.arange(R.e0, R.e1), lr_valid.shape[0])][:, mirror_index(np.arange(Cs.e0, Cs.e1), lr_valid.shape[1])]
+            invalid |= ~np.repeat(np.repeat(lv, s, 0), s, 1)
+            # ---- predict
+            if invalid.all():
+                pred = np.zeros((C, eh, ew), dtype=np.float32)
+            else:
+                pred = np.asarray(fuser.fuse_tile(lr_in, msi_in), dtype=np.float32)
+                expect = (C, (R.e1 - R.e0 + 2 * halo) * s, (Cs.e1 - Cs.e0 + 2 * halo) * s)
+                if pred.shape != expect:
+                    raise ModelError(f"model '{plan.model.name}' returned a tile of shape {pred.shape}, expected {expect}")
+                pred = pred[:, hs[0], hs[1]]
+            if o:
+                pred = pred * (ramp(R, o, s)[:, None] * ramp(Cs, o, s)[None, :])[None]
+            # ---- blend with what neighbours left, write what is final
+            fr1 = R.e1 if R.last else R.e1 - 2 * o
+            fc1 = Cs.e1 if Cs.last else Cs.e1 - 2 * o
+            lc0, lc1 = 0, (fc1 - Cs.e0) * s
+            if vcarry is not None and o:
+                pred[:, : 2 * o * s, lc0:lc1] += vcarry[:, :, Cs.e0 * s: fc1 * s]
+            if hcarry is not None:
+                pred[:, :, : hcarry.shape[2]] += hcarry
+            region = pred[:, : (fr1 - R.e0) * s, lc0:lc1]
+            bad = invalid[: (fr1 - R.e0) * s, lc0:lc1]
+            if bad.any():
+                region = region.copy()
+                region[:, bad] = np.nan
+            sink.write(region, Window(R.e0 * s, Cs.e0 * s, region.shape[1], region.shape[2]))
+            if next_vcarry is not None:
+                next_vcarry[:, :, Cs.e0 * s: fc1 * s] += pred[:, (fr1 - R.e0) * s:, lc0:lc1]
+            hcarry = None if Cs.last else pred[:, :, lc1:].copy()
+            done += 1
+            if progress:
+                progress("fuse", done, total)
+        vcarry = next_vcarry
+
+
+def _is_cuda_oom(e: BaseException) -> bool:
+    try:
+        import torch
+
+        return isinstance(e, torch.cuda.OutOfMemoryError)
+    except Exception:
+        return False
+
+
+def run(lr: CubeSource, msi: CubeSource, cfg: FuseConfig, sink_factory: Callable[[FusePlan], Any],
+        progress: Progress | None = None, notify: Callable[[str], None] | None = None) -> tuple[FusePlan, Fuser, Any]:
+    """Plan, fit and stream; on CUDA out-of-memory, halve the tile and start again."""
+    plan = make_plan(lr, msi, cfg)
+    while True:
+        fuser = build_fuser(plan, cfg, lr, msi)
+        sink = sink_factory(plan)
+        try:
+            with sink:
+                prep = prepare(lr, msi, fuser, plan, progress)
+                stream_tiles(plan, fuser, prep, msi, sink, progress)
+            return plan, fuser, sink
+        except BaseException as e:
+            if plan.device != "cpu" and _is_cuda_oom(e) and plan.tile_lr > 1:
+                import torch
+
+                torch.cuda.empty_cache()
+                cfg = FuseConfig(**{**cfg.__dict__, "tile": (plan.tile_lr // 2) * plan.scale})
+                if notify:
+                    notify(f"GPU out of memory with {plan.tile_lr * plan.scale}-pixel tiles; retrying with {cfg.tile}")
+                plan = make_plan(lr, msi, cfg)
+                continue
+            raise
+
+
+def fuse_arrays(lr: np.ndarray, msi: np.ndarray, cfg: FuseConfig | None = None,
+                lr_meta: CubeMeta | None = None, msi_meta: CubeMeta | None = None) -> np.ndarray:
+    """Fuse numpy arrays (C, h, w) + (m, H, W) -> (C, H, W) float32 with the streaming engine."""
+    cfg = cfg or FuseConfig()
+    lr_src, msi_src = ArraySource(lr, lr_meta, "<lr>"), ArraySource(msi, msi_meta, "<msi>")
+    _, _, sink = run(lr_src, msi_src, cfg, lambda plan: ArraySink(plan.out_shape))
+    return sink.data
+
+
+@dataclass
+class FuseResult:
+    output: str
+    plan: dict[str, Any]
+    seconds: float
+    megapixels_per_second: float
+    model_info: dict[str, Any]
+
+
+def fuse_files(lr_path: str | Path, msi_path: str | Path, out_path: str | Path, cfg: FuseConfig | None = None, *,
+               overwrite: bool = False, out_format: str | None = None, lr_format: str | None = None,
+               msi_format: str | None = None, lr_opts: dict | None = None, msi_opts: dict | None = None,
+               out_dtype: str = "float32", progress: Progress | None = None,
+               notify: Callable[[str], None] | None = None) -> FuseResult:
+    """Fuse two files into ``out_path`` (atomic; refuses to overwrite unless asked)."""
+    from ..io import check_writable
+
+    cfg = cfg or FuseConfig()
+    check_writable(out_path, out_format, overwrite)  # fail before any computation
+    t0 = time.perf_counter()
+    with open_cube(lr_path, lr_format, **(lr_opts or {})) as lr, open_cube(msi_path, msi_format, **(msi_opts or {})) as msi:
+        def sink_factory(plan: FusePlan):
+            return create_writer(out_path, plan.out_shape, output_meta(lr, msi, plan), out_dtype, out_format, overwrite)
+
+        plan, fuser, _ = run(lr, msi, cfg, sink_factory, progress, notify)
+    dt = time.perf_counter() - t0
+    mp = plan.out_shape[1] * plan.out_shape[2] / 1e6
+    return FuseResult(str(out_path), plan.to_dict(), dt, mp / dt if dt > 0 else float("inf"), fuser.describe())

@@ -1,0 +1,1 @@
+"""Fusion models: the registry (registry.py), classical methods and learned networks."""
