@@ -171,8 +171,10 @@ def resolve_psf_srf(cfg: FuseConfig, scale: int, lr: CubeSource, msi: CubeSource
         proto = get_protocol(cfg.protocol)
         if proto.scale is not None and proto.scale != scale:
             raise InputError(f"protocol '{cfg.protocol}' is for x{proto.scale} but the inputs are x{scale}", msi.path)
-        psf, srf = proto.build(scale=scale, wavelengths=lr.meta.wavelengths, n_bands=lr.bands)
-        psf_source = srf_source = f"protocol {cfg.protocol}"
+        psf, srf = proto.build(scale=scale)
+        psf_source = f"protocol {cfg.protocol}"
+        if srf is not None:
+            srf_source = f"protocol {cfg.protocol}"
     if isinstance(cfg.psf, Psf):
         psf, psf_source = cfg.psf, "given"
     elif isinstance(cfg.psf, str):

@@ -1,0 +1,136 @@
+"""`hsfuse fuse` end to end on files: formats, georeferencing, overwrite, batch, interruption."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import smooth_cube
+from hsfuse.cli import app
+from hsfuse.cube import CubeMeta, GeoRef
+from hsfuse.degrade import Psf
+from hsfuse.io import read_cube, write_cube
+
+runner = CliRunner()
+WKT_UTM = 'PROJCS["WGS 84 / UTM zone 31N",GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563]],PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433]],PROJECTION["Transverse_Mercator"],PARAMETER["latitude_of_origin",0],PARAMETER["central_meridian",3],PARAMETER["scale_factor",0.9996],PARAMETER["false_easting",500000],PARAMETER["false_northing",0],UNIT["metre",1],AUTHORITY["EPSG","32631"]]'
+
+
+def _make_pair(tmp_path, lr_ext=".hdr", msi_ext=".tif", scale=4, bands=8, size=64):
+    z = smooth_cube(bands, size, size, seed=3)
+    psf = Psf.gaussian(scale)
+    lr, msi = psf.apply(z), (z[:3] + z[-3:]) / 2
+    wl = np.linspace(450, 900, bands)
+    hr_geo = GeoRef(WKT_UTM, (10.0, 0.0, 440000.0, 0.0, -10.0, 5000000.0))
+    lr_path, msi_path = tmp_path / f"lr{lr_ext}", tmp_path / f"msi{msi_ext}"
+    write_cube(lr_path, lr, CubeMeta(wavelengths=wl, fwhm=np.full(bands, 10.0), georef=hr_geo.scaled(scale)))
+    write_cube(msi_path, msi, CubeMeta(georef=hr_geo))
+    return z, lr_path, msi_path, hr_geo, wl
+
+
+@pytest.mark.parametrize("lr_ext,msi_ext,out_ext", [(".hdr", ".tif", ".hdr"), (".tif", ".tif", ".tif"), (".mat", ".hdr", ".tif")])
+def test_fuse_files_end_to_end(tmp_path, lr_ext, msi_ext, out_ext):
+    z, lr_path, msi_path, hr_geo, wl = _make_pair(tmp_path, lr_ext, msi_ext)
+    out = tmp_path / f"fused{out_ext}"
+    res = runner.invoke(app, ["fuse", str(lr_path), str(msi_path), "-o", str(out), "--model", "gsa", "--json", "--tile", "32"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.stdout)
+    assert info["status"] == "ok" and info["plan"]["scale"] == 4 and info["plan"]["model"] == "gsa"
+    fused = read_cube(out)
+    assert fused.data.shape == z.shape
+    np.testing.assert_allclose(fused.meta.wavelengths, wl, atol=1e-4)
+    # fusion beats plain upsampling of the LR
+    bic = tmp_path / f"bicubic{out_ext}"
+    assert runner.invoke(app, ["fuse", str(lr_path), str(msi_path), "-o", str(bic), "--model", "bicubic", "-q"]).exit_code == 0
+    err_fused = np.abs(fused.data - z).mean()
+    err_bic = np.abs(read_cube(bic).data - z).mean()
+    assert err_fused < 0.5 * err_bic
+    if msi_ext != ".mat" and out_ext != ".mat":  # georeferencing is on the MSI grid; check with GDAL itself
+        import rasterio
+
+        gdal_path = out.with_suffix(".img") if out_ext == ".hdr" else out
+        with rasterio.open(gdal_path) as ds:
+            assert ds.count == z.shape[0]
+            assert ds.crs.to_epsg() == 32631
+            assert tuple(ds.transform)[:6] == pytest.approx(hr_geo.transform)
+
+
+def test_refuses_to_overwrite_and_names_the_file(tmp_path):
+    _, lr_path, msi_path, *_ = _make_pair(tmp_path)
+    out = tmp_path / "out.tif"
+    out.write_bytes(b"precious")
+    res = runner.invoke(app, ["fuse", str(lr_path), str(msi_path), "-o", str(out)])
+    assert res.exit_code == 1 and "out.tif" in res.stderr and "--overwrite" in res.stderr
+    assert out.read_bytes() == b"precious"
+    assert runner.invoke(app, ["fuse", str(lr_path), str(msi_path), "-o", str(out), "--overwrite", "-q"]).exit_code == 0
+
+
+def test_dry_run_computes_nothing(tmp_path):
+    _, lr_path, msi_path, *_ = _make_pair(tmp_path)
+    out = tmp_path / "out.hdr"
+    res = runner.invoke(app, ["fuse", str(lr_path), str(msi_path), "-o", str(out), "--dry-run", "--json", "--tile", "32"])
+    assert res.exit_code == 0, res.output
+    plan = json.loads(res.stdout)["plan"]
+    assert plan["tiles"] == 4 and plan["scale"] == 4 and plan["device"] == "cpu"
+    assert not out.exists() and not list(tmp_path.glob("out*"))
+
+
+def test_bad_inputs_exit_with_one_line(tmp_path):
+    z = smooth_cube(5, 30, 30)
+    write_cube(tmp_path / "lr.tif", z[:, :12, :12])
+    write_cube(tmp_path / "msi.tif", z[:3])
+    res = runner.invoke(app, ["fuse", str(tmp_path / "lr.tif"), str(tmp_path / "msi.tif"), "-o", str(tmp_path / "o.tif")])
+    assert res.exit_code == 1 and "integer ratio" in res.stderr and "msi.tif" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    res = runner.invoke(app, ["fuse", str(tmp_path / "lr.tif"), str(tmp_path / "msi.tif"), "-o", str(tmp_path / "o.tif"),
+                              "--model", "nope"])
+    assert res.exit_code == 2 and "valid:" in res.stderr
+    res = runner.invoke(app, ["fuse", str(tmp_path / "nothere.hdr"), str(tmp_path / "msi.tif"), "-o", str(tmp_path / "o.tif")])
+    assert res.exit_code == 1 and "nothere.hdr" in res.stderr
+
+
+def test_srf_of_wrong_length_is_refused(tmp_path):
+    _, lr_path, msi_path, *_ = _make_pair(tmp_path)
+    np.save(tmp_path / "srf.npy", np.ones((3, 5)) / 5)
+    res = runner.invoke(app, ["fuse", str(lr_path), str(msi_path), "-o", str(tmp_path / "o.tif"), "--model", "cnmf",
+                              "--srf", str(tmp_path / "srf.npy")])
+    assert res.exit_code in (1, 2) and "srf" in res.stderr.lower()
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_interrupted_fuse_leaves_no_file(tmp_path, monkeypatch):
+    _, lr_path, msi_path, *_ = _make_pair(tmp_path)
+    from hsfuse.models import classical
+
+    calls = {"n": 0}
+    real = classical.Bicubic.fuse_tile
+
+    def interrupt_on_third(self, lr, msi):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, lr, msi)
+
+    monkeypatch.setattr(classical.Bicubic, "fuse_tile", interrupt_on_third)
+    for ext in (".hdr", ".tif"):
+        calls["n"] = 0
+        out = tmp_path / f"half{ext}"
+        res = runner.invoke(app, ["fuse", str(lr_path), str(msi_path), "-o", str(out), "--model", "bicubic", "--tile", "16"])
+        assert res.exit_code == 130
+        left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("half", ".half")))
+        assert left == [], left
+
+
+def test_batch_keep_going_reports_failures(tmp_path):
+    _, lr_path, msi_path, *_ = _make_pair(tmp_path)
+    (tmp_path / "pairs.csv").write_text(f"lr,msi\n{lr_path.name},{msi_path.name}\nmissing.hdr,{msi_path.name}\n")
+    out_dir = tmp_path / "out"
+    res = runner.invoke(app, ["fuse", "--pairs", str(tmp_path / "pairs.csv"), "--out-dir", str(out_dir), "--keep-going",
+                              "--json", "-q", "--model", "bicubic"])
+    assert res.exit_code == 1
+    summary = json.loads(res.stdout)
+    assert summary["total"] == 2 and summary["failed"] == 1
+    assert [p["status"] for p in summary["pairs"]] == ["ok", "failed"]
+    assert (out_dir / "lr_fused.hdr").exists()

@@ -1,0 +1,145 @@
+"""The streaming engine: tile invariance, blending, scale inference, nodata, memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import smooth_cube
+from hsfuse.cube import CubeMeta
+from hsfuse.degrade import Psf
+from hsfuse.errors import InputError, UsageError
+from hsfuse.fusion import engine
+from hsfuse.fusion.base import Fuser
+from hsfuse.fusion.engine import FuseConfig, fuse_arrays, infer_scale
+from hsfuse.fusion.tiling import Span, mirror_index, ramp, spans
+from hsfuse.io.memory import ArraySource
+from hsfuse.models import registry
+
+
+class WideContext(Fuser):
+    """A deliberately non-local toy method: bicubic LR + a blurred MSI term (receptive field ~ halo)."""
+
+    name = "wide"
+    halo_lr = 3
+
+    def fit(self, lr, msi_lr):
+        self.gain = float(np.nanmean(lr) / np.nanmean(msi_lr))
+
+    def fuse_tile(self, lr, msi):
+        s = self.problem.scale
+        up = torch.nn.functional.interpolate(torch.from_numpy(lr)[None], scale_factor=s, mode="bicubic",
+                                             align_corners=False)[0].numpy()
+        blur = torch.nn.functional.avg_pool2d(torch.from_numpy(msi)[None], 5, 1, 2, count_include_pad=False)[0].numpy()
+        return up + 0.1 * self.gain * blur.mean(0, keepdims=True)
+
+
+@pytest.fixture
+def wide_model(monkeypatch):
+    entry = registry.ModelEntry("wide", "classical", "toy", "test_engine:WideContext", "any")
+    monkeypatch.setitem(registry.REGISTRY, "wide", entry)
+    monkeypatch.setattr(entry.__class__, "load_class", lambda self: WideContext)
+    return "wide"
+
+
+def _pair(bands=6, size=96, scale=4, seed=0):
+    z = smooth_cube(bands, size, size - 16, seed)
+    psf = Psf.gaussian(scale)
+    return z, psf.apply(z), z[:3] * 0.5 + z[3:6] * 0.5, psf
+
+
+@pytest.mark.parametrize("tile,overlap", [(16, 0), (16, 8), (20, 16), (32, 32), (12, 64), (24, 1000)])
+def test_tiled_equals_untiled(wide_model, tile, overlap):
+    _, lr, msi, psf = _pair()
+    ref = fuse_arrays(lr, msi, FuseConfig(model=wide_model, tile=10**6, psf=psf))
+    out = fuse_arrays(lr, msi, FuseConfig(model=wide_model, tile=tile, overlap=overlap, psf=psf))
+    assert out.shape == ref.shape and np.isfinite(out).all()
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_blend_weights_are_a_partition_of_unity():
+    sp = spans(37, 8, 2)
+    total = np.zeros(37 * 3)
+    for s in sp:
+        total[s.e0 * 3: s.e1 * 3] += ramp(s, 2, 3)
+    np.testing.assert_allclose(total, 1.0, atol=1e-6)
+    # cores partition the axis and extents only grow interior sides
+    assert sp[0].c0 == 0 and sp[-1].c1 == 37 and all(a.c1 == b.c0 for a, b in zip(sp, sp[1:]))
+    assert sp[0].e0 == 0 and sp[-1].e1 == 37
+
+
+def test_mirror_index_matches_numpy_symmetric_pad():
+    x = np.arange(5)
+    np.testing.assert_array_equal(x[mirror_index(np.arange(-7, 12), 5)], np.pad(x, (7, 7), mode="symmetric"))
+
+
+@pytest.mark.parametrize("lr_hw,msi_hw,msg", [
+    ((10, 10), (25, 25), "integer ratio"),
+    ((10, 10), (20, 30), "differs between axes"),
+    ((10, 10), (5, 5), "smaller"),
+    ((10, 10), (10, 10), "same size"),
+])
+def test_scale_inference_errors(lr_hw, msi_hw, msg):
+    lr = ArraySource(np.zeros((4, *lr_hw), np.float32), name="lr.tif")
+    msi = ArraySource(np.zeros((3, *msi_hw), np.float32), name="msi.tif")
+    with pytest.raises(InputError, match=msg):
+        infer_scale(lr, msi)
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(UsageError, match="valid: .*gsa"):
+        registry.get_model("no-such-model")
+
+
+def test_nodata_propagates_and_nodata_only_tiles_are_fine(wide_model):
+    _, lr, msi, psf = _pair()
+    msi = msi.copy()
+    msi[:, :40, :40] = np.nan  # covers whole tiles at tile=16
+    lr = lr.copy()
+    lr[:, -2:, -2:] = np.nan
+    out = fuse_arrays(lr, msi, FuseConfig(model=wide_model, tile=16, overlap=8, psf=psf))
+    assert np.isnan(out[:, :40, :40]).all()
+    assert np.isnan(out[:, -8:, -8:]).all()
+    valid = np.ones(out.shape[1:], bool)
+    valid[:40, :40] = False
+    valid[-8:, -8:] = False
+    assert np.isfinite(out[:, valid]).all()
+
+
+def test_all_nodata_scene_is_an_error(wide_model):
+    _, lr, msi, psf = _pair()
+    with pytest.raises(InputError, match="no valid pixels"):
+        fuse_arrays(np.full_like(lr, np.nan), msi, FuseConfig(model=wide_model, psf=psf))
+
+
+def test_output_meta_takes_grid_from_msi_and_spectra_from_lr():
+    from hsfuse.cube import GeoRef
+
+    wl = np.linspace(400, 700, 6)
+    lr = ArraySource(np.zeros((6, 8, 8), np.float32), CubeMeta(wavelengths=wl, georef=GeoRef("LR", (40, 0, 0, 0, -40, 0))))
+    msi = ArraySource(np.zeros((3, 32, 32), np.float32), CubeMeta(georef=GeoRef("MSI", (10, 0, 5, 0, -10, 7))))
+    plan = engine.make_plan(lr, msi, FuseConfig(model="bicubic"))
+    meta = engine.output_meta(lr, msi, plan)
+    assert meta.georef.crs_wkt == "MSI" and meta.georef.transform == (10, 0, 5, 0, -10, 7)
+    np.testing.assert_array_equal(meta.wavelengths, wl)
+
+
+def test_dry_run_plan_reports_tiles_and_choice():
+    lr = ArraySource(np.zeros((31, 64, 64), np.float32))
+    msi = ArraySource(np.zeros((3, 512, 512), np.float32))
+    plan = engine.make_plan(lr, msi, FuseConfig(tile=256)).to_dict()
+    assert plan["scale"] == 8 and plan["tiles"] == 4 and plan["tile_hr"] == 256
+    assert plan["model"] in registry.REGISTRY and plan["model_reason"]
+
+
+@pytest.mark.parametrize("name", [e.name for e in registry.list_models()])
+def test_every_registered_model_fuses_a_tiny_pair(name):
+    entry = registry.get_model(name)
+    if entry.needs_weights and not entry.available:
+        pytest.skip(f"{name}: no weights installed")
+    z, lr, msi, psf = _pair(bands=31 if entry.needs_weights else 7, size=64, scale=8)
+    if entry.needs_weights:
+        pytest.skip("weights-backed models are tested in their own files at their trained configuration")
+    out = fuse_arrays(lr, msi, FuseConfig(model=name, psf=psf, tile=32))
+    assert out.shape == z.shape and out.dtype == np.float32 and np.isfinite(out).all()
