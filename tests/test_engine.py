@@ -143,3 +143,34 @@ def test_every_registered_model_fuses_a_tiny_pair(name):
         pytest.skip("weights-backed models are tested in their own files at their trained configuration")
     out = fuse_arrays(lr, msi, FuseConfig(model=name, psf=psf, tile=32))
     assert out.shape == z.shape and out.dtype == np.float32 and np.isfinite(out).all()
+
+
+def test_streamed_fuse_stays_under_a_memory_budget(tmp_path):
+    """Output 31×1024×1024 float32 (130 MB) through a 30 MB numpy budget: nothing scene-sized is allocated."""
+    import tracemalloc
+
+    from hsfuse.cube import Window
+    from hsfuse.fusion.engine import fuse_files
+    from hsfuse.io import create_writer, open_cube
+
+    scale, size, bands = 8, 1024, 31
+    base = smooth_cube(bands, 128, 128, seed=5)
+    psf = Psf.block(np.full((scale, scale), 1 / scale**2))
+    with create_writer(tmp_path / "lr.hdr", (bands, size // scale, size // scale), CubeMeta()) as lw, \
+            create_writer(tmp_path / "msi.hdr", (3, size, size), CubeMeta()) as mw:
+        for r in range(0, size, 128):
+            for c in range(0, size, 128):
+                lw.write(psf.apply(base), Window(r // scale, c // scale, 128 // scale, 128 // scale))
+                mw.write(base[[5, 15, 25]], Window(r, c, 128, 128))
+    out = tmp_path / "fused.hdr"
+    tracemalloc.start()
+    fuse_files(tmp_path / "lr.hdr", tmp_path / "msi.hdr", out, FuseConfig(model="gsa", tile=128, psf=psf))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    out_bytes = bands * size * size * 4
+    print(f"peak traced allocation {peak / 1e6:.1f} MB for a {out_bytes / 1e6:.0f} MB output")
+    assert peak < 30e6 < out_bytes / 4, f"peak traced allocation {peak / 1e6:.1f} MB"
+    with open_cube(out) as src:
+        assert src.shape == (bands, size, size)
+        corner = src.read(Window(size - 64, size - 64, 64, 64))
+    assert np.isfinite(corner).all()

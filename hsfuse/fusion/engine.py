@@ -199,11 +199,12 @@ def resolve_psf_srf(cfg: FuseConfig, scale: int, lr: CubeSource, msi: CubeSource
 
 
 def make_plan(lr: CubeSource, msi: CubeSource, cfg: FuseConfig) -> FusePlan:
+    named = get_model(cfg.model) if cfg.model is not None else None  # a typo is a usage error, found first
     scale = infer_scale(lr, msi)
-    if cfg.model is None:
+    if named is None:
         entry, weights, reason = choose_model(lr, msi, scale)
     else:
-        entry = get_model(cfg.model)
+        entry = named
         weights, reason = None, "chosen with --model"
         if entry.needs_weights:
             weights, why = select_weights(entry, lr, msi, scale)
