@@ -9,8 +9,6 @@ Heavy imports (torch, rasterio, h5py) happen inside the commands, so
 from __future__ import annotations
 
 import signal
-from typing import Optional
-
 import typer
 
 from .. import __version__
@@ -41,9 +39,9 @@ def _versions(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
-    versions: Optional[bool] = typer.Option(None, "--versions", callback=_versions, is_eager=True,
-                                            help="Print versions of hsfuse and its libraries (for bug reports) and exit."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    versions: bool = typer.Option(False, "--versions", callback=_versions, is_eager=True,
+                                  help="Print versions of hsfuse and its libraries (for bug reports) and exit."),
 ) -> None:
     """hsfuse: fuse a low-resolution hyperspectral cube with a high-resolution multispectral image."""
 

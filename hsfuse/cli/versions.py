@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
+import importlib.metadata
 import platform
 
 
@@ -11,12 +11,12 @@ def print_versions() -> None:
 
     print(f"hsfuse {__version__}")
     print(f"python {platform.python_version()} ({platform.platform()})")
-    for name in ("numpy", "scipy", "torch", "rasterio", "spectral", "tifffile", "h5py", "skimage", "typer", "rich", "safetensors"):
+    for name in ("numpy", "scipy", "torch", "rasterio", "spectral", "tifffile", "h5py", "scikit-image", "typer", "rich",
+                 "safetensors", "colour-science", "matplotlib"):
         try:
-            mod = importlib.import_module(name)
-            print(f"{name} {getattr(mod, '__version__', '?')}")
-        except Exception as e:  # a broken install is exactly what this report is for
-            print(f"{name} not importable ({type(e).__name__})")
+            print(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            print(f"{name} not installed")
     try:
         import rasterio
 
