@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..cube import Cube, CubeMeta, Window
-from ..errors import FormatError, InputError, OutputError
+from ..errors import FormatError, HsfuseError, InputError, OutputError
 from .base import CubeSource, CubeWriter
 
 #: extension -> format name. ENVI data files are accepted in place of the header.
@@ -79,7 +79,7 @@ def open_cube(path: str | Path, fmt: str | None = None, **opts: Any) -> CubeSour
     mod = _module(name)
     try:
         return mod.open_source(path, **opts)
-    except (InputError, OutputError):
+    except HsfuseError:  # already explained (UsageError included): do not wrap it again
         raise
     except MemoryError:
         raise
