@@ -135,3 +135,214 @@ def spatial_degrade(z: np.ndarray, psf: Psf) -> np.ndarray:
     t = t[:, :, off:, off:]
     out = torch.nn.functional.conv2d(t, ker, stride=s)[:, 0, :ho, :wo]
     return out.numpy()
+
+
+# ---------------------------------------------------------------------------
+# Building PSFs from user options, cropping, noise, the whole forward model
+# ---------------------------------------------------------------------------
+
+#: FWHM = FWHM_PER_SIGMA · σ for a Gaussian
+FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
+FORMS = ("block", "conv")
+
+
+def load_kernel(spec: str) -> np.ndarray:
+    """A PSF kernel from a file: ``.npy``, ``.csv`` (comma/whitespace separated) or ``.mat[:VAR]``.
+
+    ``.mat`` without ``:VAR`` takes the file's only 2-D variable (or ``C``, the
+    MHF-Net kernel name). The kernel is used as stored (not renormalised).
+    """
+    from pathlib import Path
+
+    from .errors import InputError
+
+    path_s, var = spec, None
+    low = spec.lower()
+    if ".mat:" in low:
+        i = low.rindex(".mat:") + 4
+        path_s, var = spec[:i], spec[i + 1:]
+    path = Path(path_s)
+    if not path.is_file():
+        raise InputError("PSF file not found", path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            k = np.load(path, allow_pickle=False)
+        elif suffix in (".csv", ".txt"):
+            text = path.read_text()
+            delim = "," if "," in text else None
+            k = np.loadtxt(path, delimiter=delim, comments="#", ndmin=2)
+        elif suffix == ".mat":
+            from .srf import load_mat_vars
+
+            mats = load_mat_vars(path)
+            two_d = {n: v for n, v in mats.items() if np.ndim(v) == 2}
+            if var is None:
+                if "C" in two_d:
+                    var = "C"
+                elif len(two_d) == 1:
+                    var = next(iter(two_d))
+                else:
+                    raise InputError(f"several variables ({', '.join(sorted(mats))}); name one as FILE.mat:VAR", path)
+            if var not in mats:
+                raise InputError(f"no variable '{var}' (has: {', '.join(sorted(mats)) or 'none'})", path)
+            k = mats[var]
+        else:
+            raise InputError(f"unknown PSF file type '{path.suffix}' (known: .npy, .csv, .mat[:VAR])", path)
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a library choked on the file
+        raise InputError(f"cannot read PSF kernel: {type(e).__name__}: {e}", path) from e
+    k = np.asarray(k, dtype=np.float64)
+    if k.ndim != 2 or k.shape[0] != k.shape[1]:
+        raise InputError(f"PSF kernel must be a square 2-D array, got shape {k.shape}", path)
+    if not np.isfinite(k).all() or k.sum() <= 0:
+        raise InputError("PSF kernel must be finite with a positive sum", path)
+    return k
+
+
+def make_psf(kind: str, scale: int, *, sigma: float | None = None, form: str = "conv", pad: int | None = None,
+             border: str = "reflect", size: int | None = None) -> Psf:
+    """The PSF that the CLI options ``--psf/--sigma/--form/--pad/--border`` describe.
+
+    * ``gaussian``: σ default gives FWHM = scale. ``form='block'``: the kernel is
+      s×s (pad 0, the MHF-Net form); ``form='conv'``: the kernel is
+      ``default_gaussian_size`` (±3σ, same parity as s) and ``pad`` defaults to
+      ``(k − s) // 2`` (kernel centred on the s×s block).
+    * ``box``: the s×s mean (identical in both forms).
+    * anything else is a kernel file (see ``load_kernel``); the block form
+      requires a kernel of size s.
+    """
+    from .errors import UsageError
+
+    if int(scale) != scale or scale < 1:
+        raise UsageError(f"--scale must be a positive integer, got {scale}")
+    scale = int(scale)
+    if form not in FORMS:
+        raise UsageError(f"--form must be one of {', '.join(FORMS)}, got '{form}'")
+    if border not in BORDERS:
+        raise UsageError(f"--border must be one of {', '.join(BORDERS)}, got '{border}'")
+    if sigma is not None and not sigma > 0:
+        raise UsageError(f"--sigma must be > 0, got {sigma}")
+    kind_l = kind.lower()
+    if kind_l == "gaussian":
+        sig = scale / FWHM_PER_SIGMA if sigma is None else float(sigma)
+        if form == "block":
+            if pad not in (None, 0):
+                raise UsageError("--pad does not apply to --form block (blocks start at pixel 0)")
+            psf = Psf(gaussian_kernel(scale, sig), scale, pad=0, border=border,
+                      name=f"gaussian-block(sigma={sig:g},size={scale})")
+        else:
+            k = default_gaussian_size(scale, sig) if size is None else int(size)
+            psf = Psf(gaussian_kernel(k, sig), scale, pad=pad, border=border,
+                      name=f"gaussian(sigma={sig:g},size={k})")
+        psf.sigma = sig  # type: ignore[attr-defined]
+        return psf
+    if sigma is not None:
+        raise UsageError("--sigma only applies to --psf gaussian")
+    if kind_l == "box":
+        if pad not in (None, 0):
+            raise UsageError("--pad does not apply to --psf box (non-overlapping s×s blocks)")
+        return Psf(box_kernel(scale), scale, pad=0, border=border, name="box")
+    kernel = load_kernel(kind)
+    if form == "block":
+        if kernel.shape[0] != scale:
+            raise UsageError(f"--form block needs a kernel of size scale={scale}, the file has {kernel.shape[0]}")
+        if pad not in (None, 0):
+            raise UsageError("--pad does not apply to --form block")
+        return Psf(kernel, scale, pad=0, border=border, name=f"file-block({kind})")
+    return Psf(kernel, scale, pad=pad, border=border, name=f"file({kind})")
+
+
+def describe_psf(psf: Psf) -> dict:
+    """A JSON-able description of a PSF (recorded in outputs and ``--json``)."""
+    k = psf.kernel
+    return {
+        "name": psf.name,
+        "scale": psf.scale,
+        "kernel_size": psf.size,
+        "pad": psf.pad,
+        "border": psf.border,
+        "form": "block" if (psf.size == psf.scale and psf.pad == 0) else "conv",
+        "sigma": getattr(psf, "sigma", None),
+        "kernel_sum": float(k.sum()),
+        "phase_offset_hr": lr_phase_offset(psf),
+    }
+
+
+def lr_phase_offset(psf: Psf) -> float:
+    """Offset δ (HR pixels) of LR pixel centres from the s×s block centres.
+
+    The kernel centre of LR pixel i sits at HR pixel-centre coordinate
+    ``s·i − p + (k − 1)/2``; the block centre is ``s·i + (s − 1)/2``, so
+    δ = (k − s)/2 − p. δ = 0 for the default pad with k − s even; the LR
+    georeferencing is shifted by δ HR pixels otherwise.
+    """
+    return (psf.size - psf.scale) / 2.0 - float(psf.pad)
+
+
+def crop_to_multiple(z: np.ndarray, scale: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Crop (C, H, W) at the bottom/right to multiples of ``scale``; returns (view, (rows_dropped, cols_dropped)).
+
+    The top-left corner (and thus the georeferencing origin) is kept.
+    """
+    h, w = z.shape[-2:]
+    dh, dw = h % scale, w % scale
+    if dh or dw:
+        z = z[..., : h - dh, : w - dw]
+    return z, (dh, dw)
+
+
+def noise_sigma(x: np.ndarray, snr_db: float) -> np.ndarray:
+    """Per-band noise standard deviation for a given SNR (dB).
+
+    Definition: σ_b² = mean(x_b²) / 10^(SNR/10), the mean over the band's
+    finite pixels (signal *power*, not variance: a constant band has a finite SNR).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    power = np.nanmean((x * x).reshape(x.shape[0], -1), axis=1)
+    return np.sqrt(power / 10.0 ** (float(snr_db) / 10.0))
+
+
+def add_noise(x: np.ndarray, snr_db: float | None, rng: np.random.Generator) -> np.ndarray:
+    """x + zero-mean white Gaussian noise with per-band σ from ``noise_sigma`` (no-op for None)."""
+    if snr_db is None:
+        return x
+    sig = noise_sigma(x, snr_db).astype(x.dtype)
+    return x + rng.standard_normal(x.shape, dtype=np.float64).astype(x.dtype) * sig[:, None, None]
+
+
+def apply_srf(z: np.ndarray, srf) -> np.ndarray:
+    """MSI[m] = Σ_c R[m, c] · Z[c]; ``srf`` is an (m, C) matrix or an ``hsfuse.srf.Srf``."""
+    r = np.asarray(getattr(srf, "matrix", srf), dtype=np.float64)
+    z = np.asarray(z)
+    if r.ndim != 2 or r.shape[1] != z.shape[0]:
+        raise ValueError(f"SRF matrix {r.shape} does not match a cube with {z.shape[0]} bands")
+    dtype = np.float64 if z.dtype == np.float64 else np.float32
+    c, h, w = z.shape
+    out = r.astype(dtype) @ z.astype(dtype, copy=False).reshape(c, h * w)
+    return out.reshape(r.shape[0], h, w)
+
+
+def degrade_cube(z: np.ndarray, psf: Psf, srf, snr_hsi: float | None = None, snr_msi: float | None = None,
+                 seed: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The whole forward model on an array: ``(lr, msi)`` from a (C, H, W) cube.
+
+    ``lr = spatial_degrade(z, psf) + n_hsi``, ``msi = srf · z + n_msi`` (``srf``
+    an (m, C) matrix or ``Srf``; None gives ``msi = None``). Noise is white
+    Gaussian with per-band σ² = mean(x_b²)/10^(SNR/10) of the noise-free band
+    (``noise_sigma``); one ``numpy.random.default_rng(seed)`` draws the LR noise
+    first, then the MSI noise. H and W must be multiples of ``psf.scale``
+    (see ``crop_to_multiple``). float64 in -> float64 out, else float32.
+
+    >>> lr, msi = degrade_cube(z, Psf.gaussian(8), srf_matrix, snr_hsi=35, seed=0)
+    """
+    z = np.asarray(z)
+    lr = spatial_degrade(z, psf)
+    msi = None if srf is None else apply_srf(z, srf)
+    if snr_hsi is not None or snr_msi is not None:
+        rng = np.random.default_rng(seed)
+        lr = add_noise(lr, snr_hsi, rng)
+        if msi is not None:
+            msi = add_noise(msi, snr_msi, rng)
+    return lr, msi

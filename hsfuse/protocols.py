@@ -1,0 +1,203 @@
+"""Named degradation protocols: one preset = PSF + sampling form + SRF + noise + input scaling.
+
+A protocol is what a paper means by "we simulate the LR-HSI and HR-MSI from
+CAVE as follows"; ``docs/protocols.md`` writes each one out exactly. The
+registry is a plain dict (``PROTOCOLS``), no scanning.
+
+The CAVE presets reproduce the MHF-Net / HSR-Diff protocol. Its kernel ``C``
+(32×32) and RGB response ``R`` (31×3, columns R, G, B) live in the third-party
+file ``response_coefficient.mat``, which hsfuse never ships: its path comes at
+run time from ``srf_path`` (``--srf-file``), the environment variable
+``HSFUSE_MHF_RESPONSE``, or ``../shared/data/srf/nikon_d700_mhfnet/response_coefficient.mat``
+relative to the current directory and to the repository (``find_mhf_response``).
+
+>>> psf, srf = PROTOCOLS["cave-gauss-x8"].build()
+>>> lr, msi = degrade_cube(hr_chw / 65535.0, psf, srf)      # hsfuse.degrade.degrade_cube
+
+    $ hsfuse degrade beads_ms/ --protocol cave-gauss-x8 -o lr.tif --msi msi.tif
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .degrade import Psf, make_psf
+from .errors import InputError, UsageError
+
+ENV_MHF = "HSFUSE_MHF_RESPONSE"
+MHF_RELPATH = Path("..") / "shared" / "data" / "srf" / "nikon_d700_mhfnet" / "response_coefficient.mat"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def find_mhf_response(srf_path: str | Path | None = None) -> Path:
+    """Locate ``response_coefficient.mat``: explicit path > $HSFUSE_MHF_RESPONSE > ../shared/... (cwd, repo)."""
+    if srf_path is not None:
+        p = Path(srf_path)
+        if not p.is_file():
+            raise InputError("MHF-Net response file not found", p)
+        return p
+    env = os.environ.get(ENV_MHF)
+    if env:
+        p = Path(env)
+        if not p.is_file():
+            raise InputError(f"${ENV_MHF} points to a missing file", p)
+        return p
+    tried = []
+    for base in (Path.cwd(), REPO):
+        p = (base / MHF_RELPATH).resolve()
+        tried.append(str(p))
+        if p.is_file():
+            return p
+    raise InputError("cannot find the MHF-Net response_coefficient.mat (variables C and R): give it with "
+                     f"--srf-file PATH or ${ENV_MHF}; looked in {', '.join(tried)}")
+
+
+def load_mhf_response(srf_path: str | Path | None = None) -> tuple[np.ndarray, np.ndarray, Path]:
+    """(C 32×32 kernel, R^T (3, 31) with rows R, G, B, path) from the MHF-Net file, as stored."""
+    from .srf import load_mat_vars
+
+    p = find_mhf_response(srf_path)
+    try:
+        mats = load_mat_vars(p)
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"cannot read: {type(e).__name__}: {e}", p) from e
+    if "C" not in mats or "R" not in mats:
+        raise InputError(f"expected variables C and R, found {', '.join(sorted(mats)) or 'none'}", p)
+    c = np.asarray(mats["C"], dtype=np.float64)
+    r = np.asarray(mats["R"], dtype=np.float64)
+    if c.shape != (32, 32) or r.shape != (31, 3):
+        raise InputError(f"expected C 32×32 and R 31×3, got C {c.shape} and R {r.shape}", p)
+    return c, r.T.copy(), p
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One preset. ``build()`` turns it into (Psf, SRF matrix)."""
+
+    name: str
+    summary: str
+    form: str  # "block" (non-overlapping s×s blocks) or "conv" (convolution + decimation)
+    kernel: str  # "mhf-C" (the file's C), "gaussian"
+    scale: int | None  # None: given at run time (--scale)
+    sigma_rule: str  # how σ follows from s (documentation) ; "" when not Gaussian
+    srf: str | None  # "mhf-R" (the file's R, as R^T) or None (given at run time: --srf)
+    input_scaling: str  # "uint16": stored uint16 is divided by 65535; "none": physical values as read
+    border: str = "reflect"
+    snr_hsi: float | None = None
+    snr_msi: float | None = None
+    #: CLI options the user may still set with this protocol (everything else is fixed)
+    open_options: tuple[str, ...] = ()
+    reference: str = ""
+    notes: tuple[str, ...] = field(default=())
+
+    def sigma(self, scale: int) -> float | None:
+        if self.kernel != "gaussian":
+            return None
+        if self.sigma_rule == "s/4":
+            return scale / 4.0
+        if self.sigma_rule == "fwhm=s":
+            return scale / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+        raise ValueError(self.sigma_rule)
+
+    def resolve_scale(self, scale: int | None) -> int:
+        if self.scale is not None:
+            if scale is not None and int(scale) != self.scale:
+                raise UsageError(f"protocol {self.name} fixes the scale at {self.scale}; drop --scale {scale}")
+            return self.scale
+        if scale is None:
+            raise UsageError(f"protocol {self.name} needs --scale")
+        return int(scale)
+
+    def build_psf(self, scale: int | None = None, srf_path: str | Path | None = None, border: str | None = None) -> Psf:
+        s = self.resolve_scale(scale)
+        if self.kernel == "mhf-C":
+            c, _, p = load_mhf_response(srf_path)
+            return Psf(c, s, pad=0, border=self.border, name=f"{self.name}: C from {p.name} (block {s}×{s})")
+        sig = self.sigma(s)
+        psf = make_psf("gaussian", s, sigma=sig, form=self.form, border=border or self.border)
+        psf.name = f"{self.name}: " + psf.name
+        return psf
+
+    def build(self, scale: int | None = None, srf_path: str | Path | None = None) -> tuple[Psf, np.ndarray | None]:
+        """(Psf, SRF matrix (m, C) or None when the protocol leaves the SRF to the caller)."""
+        psf = self.build_psf(scale, srf_path)
+        srf = None
+        if self.srf == "mhf-R":
+            _, rt, _ = load_mhf_response(srf_path)
+            srf = rt
+        return psf, srf
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name, "summary": self.summary, "form": self.form, "kernel": self.kernel,
+            "scale": self.scale, "sigma_rule": self.sigma_rule or None, "srf": self.srf,
+            "input_scaling": self.input_scaling, "border": self.border if self.form == "conv" else None,
+            "snr_hsi": self.snr_hsi, "snr_msi": self.snr_msi, "reference": self.reference,
+        }
+
+
+_MHF_REF = ("Xie et al., MHF-Net (CVPR 2019 / TPAMI 2020), CAVE simulation; also HSR-Diff. "
+            "Kernel C and response R from MHF-net rowData/CAVEdata/'response coefficient.mat'.")
+
+PROTOCOLS: dict[str, Protocol] = {}
+
+
+def _register(p: Protocol) -> None:
+    PROTOCOLS[p.name] = p
+
+
+_register(Protocol(
+    "cave-mhf-x32", "CAVE ×32: 32×32 blocks weighted by MHF-Net C; MSI = HR·R (MHF-Net R); no noise",
+    form="block", kernel="mhf-C", scale=32, sigma_rule="", srf="mhf-R", input_scaling="uint16",
+    open_options=("srf_file",), reference=_MHF_REF))
+for _s in (4, 8, 16):
+    _register(Protocol(
+        f"cave-gauss-x{_s}",
+        f"CAVE ×{_s}: {_s}×{_s} blocks weighted by a normalised Gaussian σ={_s / 4:g} centred at "
+        f"({(_s - 1) / 2:g}, {(_s - 1) / 2:g}); MSI = HR·R (MHF-Net R); no noise",
+        form="block", kernel="gaussian", scale=_s, sigma_rule="s/4", srf="mhf-R", input_scaling="uint16",
+        open_options=("srf_file",),
+        reference=("×8: the common CAVE Gaussian-blur protocol (8×8 Gaussian σ=2, non-overlapping); "
+                   "×4/×16 keep σ = s/4 (hsfuse choice). R from MHF-Net response_coefficient.mat.")))
+_register(Protocol(
+    "wald-gauss", "Wald protocol: Gaussian PSF with FWHM = s, convolution + decimation (kernel centred on the "
+    "s×s block, reflect border); SRF given with --srf; optional noise",
+    form="conv", kernel="gaussian", scale=None, sigma_rule="fwhm=s", srf=None, input_scaling="none",
+    border="reflect", open_options=("scale", "srf", "srf_file", "snr_hsi", "snr_msi", "seed", "border"),
+    reference="L. Wald, T. Ranchin, M. Mangolini, 'Fusion of satellite images of different spatial resolutions: "
+              "assessing the quality of resulting images', PE&RS 63(6), 1997 (consistency/synthesis protocol)."))
+
+
+def get_protocol(name: str) -> Protocol:
+    try:
+        return PROTOCOLS[name.strip().lower()]
+    except KeyError:
+        raise UsageError(f"unknown protocol '{name}' (known: {', '.join(PROTOCOLS)})") from None
+
+
+def read_protocol_input(src, rule: str) -> tuple[np.ndarray, str]:
+    """Read a whole opened cube (``hsfuse.io`` source) under a protocol's input scaling.
+
+    ``"uint16"``: a file stored as uint16 gives ``raw / 65535`` (float32, the
+    CAVE convention; nodata -> NaN), whatever scale the file declares; any other
+    stored type is read as physical values (already scaled). ``"none"``:
+    physical values as read. Returns (cube (C, H, W) float32, what was done).
+    """
+    if rule == "uint16" and np.dtype(src.dtype) == np.uint16:
+        raw = src.read(raw=True)
+        z = raw.astype(np.float32) / np.float32(65535.0)
+        if src.meta.nodata is not None and np.isfinite(src.meta.nodata):
+            z[raw == src.meta.nodata] = np.nan
+        return z, "stored uint16 / 65535"
+    z = src.read()
+    if rule == "uint16":
+        return z, f"stored {np.dtype(src.dtype)} (not uint16): physical values as read (file scale {src.meta.scale:g})"
+    return z, "physical values as read"
+
+
+__all__ = ["Protocol", "PROTOCOLS", "get_protocol", "find_mhf_response", "load_mhf_response", "ENV_MHF", "read_protocol_input"]
