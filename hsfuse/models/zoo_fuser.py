@@ -1,0 +1,171 @@
+"""``NetworkFuser``: trained MFTN / HyFusion / MulSR networks behind the ``Fuser`` interface.
+
+    $ hsfuse fuse lr.hdr msi.tif -o out.hdr --model mftn --opt weights=weights/mftn-cave-gauss-x8
+
+The network is rebuilt from the weights record's ``architecture`` and
+``kwargs`` through the explicit table :data:`ARCHITECTURES` (no scanning; the
+model module is imported only when used). The weights come from
+``problem.options["weights"]`` or, when the model is in the registry with
+weights stems, the installed stem whose record lists the inputs' scale. The
+record must match the inputs (band counts, scale) or a ``ModelError`` says what
+does not fit. With a ``prior=True`` network, ``fit`` fits the classical
+detail-injection (GSA) on the whole scene and ``fuse_tile`` refines that
+method's tile estimate, as ``CSAKDFuser`` does.
+
+``halo_lr`` is the network's receptive radius (``receptive_radius_hr``, an
+upper bound) in LR pixels plus the prior's halo; a record may carry a smaller
+measured one (``"halo_lr": {"8": n}``) and ``problem.options["halo_lr"]``
+overrides both. HyFusion's window attention is equivariant only to whole-window
+shifts, so tiles whose origins are off the window grid differ at window seams:
+give it a blending overlap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ModelError, UsageError
+from ..fusion.base import Fuser, FusionProblem
+
+#: architecture name in a weights record -> "module:class" (explicit, imported lazily)
+ARCHITECTURES: dict[str, str] = {
+    "mftn": "hsfuse.models.mftn:MFTN",
+    "hyfusion": "hsfuse.models.hyfusion:HyFusion",
+    "mulsr": "hsfuse.models.mulsr:MulSR",
+}
+
+
+def architecture_class(name: str) -> type:
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r} (known: {', '.join(ARCHITECTURES)})")
+    mod, attr = ARCHITECTURES[name].split(":")
+    return getattr(importlib.import_module(mod), attr)
+
+
+def build_network(architecture: str, kwargs: dict[str, Any] | None = None):
+    """Build an untrained network by architecture name; ``kwargs`` as in a record (``net.config``)."""
+    return architecture_class(architecture)(**dict(kwargs or {}))
+
+
+#: the same call under the name ``hsfuse.models.csakd`` uses
+build_from_record = build_network
+
+
+def _autocast(device: str, precision: str):
+    import torch
+
+    if str(device).startswith("cuda") and precision in ("bf16", "fp16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    return contextlib.nullcontext()
+
+
+def _weights_for_scale(model: str, scale: int) -> Path:
+    from ..weights import read_record
+    from .registry import get_model, weights_dir
+
+    try:
+        entry = get_model(model)
+    except UsageError:
+        raise ModelError(f"model '{model}' is not in the registry: pass the weights with --opt weights=STEM") from None
+    tried = []
+    for stem in entry.weights:
+        p = weights_dir() / stem
+        if not p.with_suffix(".json").exists():
+            continue
+        rec = read_record(p)
+        tried.append(f"{stem} (x{','.join(map(str, rec.get('scales', [])))})")
+        if scale in rec.get("scales", []):
+            return p
+    have = "; installed: " + ", ".join(tried) if tried else f"; no {model} weights are installed (not yet trained)"
+    raise ModelError(f"no {model} weights trained for scale x{scale}{have}", weights_dir())
+
+
+class NetworkFuser(Fuser):
+    """Any network of :data:`ARCHITECTURES` with trained weights; optionally refining the GSA estimate."""
+
+    name = "network"
+
+    def __init__(self, problem: FusionProblem, device: str = "cpu", precision: str = "fp32",
+                 weights: str | Path | None = None):
+        super().__init__(problem, device, precision)
+        from ..weights import load_weights
+
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise ModelError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+        stem = weights or problem.options.get("weights") or _weights_for_scale(self.name, problem.scale)
+        self.weights_path = Path(stem)
+        state, rec = load_weights(self.weights_path)
+        self.record = rec
+        where = self.weights_path.with_suffix(".json")
+        bands, msi_bands = rec.get("bands"), rec.get("msi_bands")
+        scales = [int(x) for x in rec.get("scales", [])]
+        if bands is not None and problem.lr_bands != bands:
+            raise ModelError(f"weights were trained for {bands} hyperspectral bands, "
+                             f"the LR cube has {problem.lr_bands}", where)
+        if msi_bands is not None and problem.msi_bands != msi_bands:
+            raise ModelError(f"weights were trained for a {msi_bands}-band MSI, "
+                             f"the MSI has {problem.msi_bands} bands", where)
+        if problem.scale not in scales:
+            raise ModelError(f"weights were trained for scale x{', x'.join(map(str, scales))}, the inputs are x{problem.scale}", where)
+        if problem.srf is not None and rec.get("srf") is not None:
+            if np.asarray(rec["srf"]).shape != np.asarray(problem.srf).shape:
+                raise ModelError(f"SRF shape {np.asarray(problem.srf).shape} differs from the trained one {np.asarray(rec['srf']).shape}", where)
+        try:
+            self.net = build_network(rec["architecture"], rec["kwargs"])
+            self.net.load_state_dict(state, strict=True)
+        except (ValueError, TypeError, RuntimeError) as e:
+            raise ModelError(f"weights do not fit the recorded architecture: {' '.join(str(e).split())[:300]}", where) from None
+        self.net.to(device).eval()
+        self.prior_fuser = self._make_prior() if getattr(self.net, "prior", False) else None
+        net_halo = int(math.ceil(self.net.receptive_radius_hr(problem.scale) / problem.scale))
+        prior_halo = int(getattr(self.prior_fuser, "halo_lr", 0)) if self.prior_fuser is not None else 0
+        self.halo_bound = net_halo + prior_halo
+        measured = rec.get("halo_lr", {}).get(str(problem.scale)) if isinstance(rec.get("halo_lr"), dict) else None
+        self.halo_lr = int(problem.options.get("halo_lr", measured if measured is not None else self.halo_bound))
+
+    def _make_prior(self):
+        from .classical import DetailInjection
+
+        return DetailInjection(self.problem, self.device, "fp32")
+
+    def fit(self, lr: np.ndarray, msi_lr: np.ndarray) -> None:
+        if self.prior_fuser is not None:
+            self.prior_fuser.fit(lr, msi_lr)
+
+    def fuse_tile(self, lr: np.ndarray, msi: np.ndarray) -> np.ndarray:
+        import torch
+
+        lr = np.nan_to_num(np.asarray(lr, np.float32))
+        msi = np.nan_to_num(np.asarray(msi, np.float32))
+        prior = None
+        if self.prior_fuser is not None:
+            prior = np.asarray(self.prior_fuser.fuse_tile(lr, msi), np.float32)
+        x = lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a))[None].to(self.device)  # noqa: E731
+        run = getattr(self.net, "predict", self.net)  # MulSR: the output matching the inputs' scale
+        with torch.no_grad(), _autocast(self.device, self.precision):
+            y = run(x(lr), x(msi), x(prior))
+        return y[0].float().cpu().numpy()
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "halo_lr": self.halo_lr, "halo_bound_lr": self.halo_bound, "weights": str(self.weights_path),
+                "architecture": self.record.get("architecture"), "prior": bool(getattr(self.net, "prior", False)),
+                "scales": self.record.get("scales"), "protocol": self.record.get("protocol"),
+                "parameters": self.record.get("parameters")}
+
+
+class MFTNFuser(NetworkFuser):
+    name = "mftn"
+
+
+class HyFusionFuser(NetworkFuser):
+    name = "hyfusion"
+
+
+class MulSRFuser(NetworkFuser):
+    name = "mulsr"

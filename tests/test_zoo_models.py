@@ -1,0 +1,292 @@
+"""MFTN, HyFusion, MulSR (hsfuse.models.{mftn,hyfusion,mulsr}) and their NetworkFuser: shapes, prior, init, training.
+
+Tiny spatial sizes and, for training, tiny widths: the whole file runs in a few
+seconds on one CPU thread. No weights are shipped; the fuser is tested with
+untrained weights written to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+
+from hsfuse.errors import ModelError  # noqa: E402
+from hsfuse.fusion.base import FusionProblem  # noqa: E402
+from hsfuse.models.hyfusion import HyFusion, hyfusion_loss  # noqa: E402
+from hsfuse.models.mftn import MFTN, mftn_loss, modulated_deform_conv2d  # noqa: E402
+from hsfuse.models.mulsr import MulSR, SelectOutput, mulsr_loss  # noqa: E402
+from hsfuse.models.zoo_fuser import ARCHITECTURES, NetworkFuser, build_network  # noqa: E402
+
+TINY = {
+    "mftn": {"nf": 8, "heads": 8},
+    "hyfusion": {"nf": 8, "heads": 2, "window": 4, "blocks": 1},
+    "mulsr": {"nf": 8, "blocks": 2},
+}
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # far faster than 2 on a shared, oversubscribed CPU
+    yield
+    torch.set_num_threads(n)
+
+
+def _run(net, lr, msi, prior=None):
+    return net.predict(lr, msi, prior) if isinstance(net, MulSR) else net(lr, msi, prior)
+
+
+# --------------------------------------------------------------------- shapes, default widths
+
+# (LR h, w) per scale: x32 is a 1x2 LR tile (HR 32x64)
+LR_SIZE = {4: (4, 5), 8: (2, 3), 16: (1, 2), 32: (1, 2)}
+
+
+@pytest.mark.parametrize("bands,msi_bands", [(31, 3), (48, 4)])
+@pytest.mark.parametrize("arch,built_scale,scale", [
+    ("mftn", 8, 4), ("mftn", 8, 8), ("mftn", 32, 32),
+    ("hyfusion", 8, 4), ("hyfusion", 8, 8), ("hyfusion", 32, 32),
+    ("mulsr", 8, 4), ("mulsr", 8, 8), ("mulsr", 32, 32),
+])
+def test_forward_shapes(arch, built_scale, scale, bands, msi_bands):
+    torch.manual_seed(0)
+    net = build_network(arch, {"bands": bands, "msi_bands": msi_bands, "scale": built_scale})  # default widths
+    h, w = LR_SIZE[scale]
+    lr, msi = torch.rand(1, bands, h, w), torch.rand(1, msi_bands, h * scale, w * scale)
+    with torch.no_grad():
+        out = _run(net, lr, msi)
+    assert out.shape == (1, bands, h * scale, w * scale)
+    assert torch.isfinite(out).all()
+    # zero-initialised head: an untrained network returns its bicubic base
+    up = F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False)
+    assert torch.allclose(out, up, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_prior_path_starts_at_prior(arch):
+    torch.manual_seed(0)
+    net = build_network(arch, {"bands": 31, "msi_bands": 3, "scale": 8, "prior": True, **TINY[arch]})
+    lr, msi, prior = torch.rand(2, 31, 2, 2), torch.rand(2, 3, 16, 16), torch.rand(2, 31, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(_run(net, lr, msi, prior), prior)
+    with pytest.raises(ValueError, match="prior=True"):
+        _run(net, lr, msi)
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_rejects_wrong_bands_and_grids(arch):
+    net = build_network(arch, {"bands": 31, "msi_bands": 3, "scale": 8, **TINY[arch]})
+    with pytest.raises(ValueError, match="bands"):
+        _run(net, torch.rand(1, 30, 2, 2), torch.rand(1, 3, 16, 16))
+    with pytest.raises(ValueError, match="multiple"):
+        _run(net, torch.rand(1, 31, 2, 2), torch.rand(1, 3, 16, 17))
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_deterministic_init(arch):
+    kw = {"bands": 31, "msi_bands": 3, "scale": 8, **TINY[arch]}
+    torch.manual_seed(3)
+    a = build_network(arch, kw).state_dict()
+    torch.manual_seed(3)
+    b = build_network(arch, kw).state_dict()
+    torch.manual_seed(4)
+    c = build_network(arch, kw).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_config_rebuilds_same_architecture():
+    for arch in ARCHITECTURES:
+        net = build_network(arch, {"bands": 48, "msi_bands": 4, "scale": 8, **TINY[arch]})
+        again = build_network(net.architecture, net.config)
+        assert again.config == net.config
+        assert [t.shape for t in again.state_dict().values()] == [t.shape for t in net.state_dict().values()]
+
+
+# --------------------------------------------------------------------- MulSR specifics
+
+
+def test_mulsr_two_outputs_and_selection():
+    torch.manual_seed(0)
+    net = MulSR(31, 3, scale=8, **TINY["mulsr"])
+    assert net.scales == (4, 8)
+    msi = torch.rand(1, 3, 32, 32)
+    for s in (4, 8):
+        lr = torch.rand(1, 31, 32 // s, 32 // s)
+        with torch.no_grad():
+            out = net(lr, msi)
+            assert out.small.shape == out.large.shape == (1, 31, 32, 32)
+            sel = net.predict(lr, msi)
+            assert torch.equal(sel, out.large if s == 8 else out.small)
+            assert torch.equal(SelectOutput(net)(lr, msi), sel)
+    # training-time small-factor input of its own
+    with torch.no_grad():
+        out = net(torch.rand(1, 31, 4, 4), msi, lr_small=torch.rand(1, 31, 8, 8))
+    assert out.small.shape == (1, 31, 32, 32)
+    with pytest.raises(ValueError, match="x4 and x8"):
+        net(torch.rand(1, 31, 16, 16), msi)
+    with pytest.raises(ValueError, match="small_scale"):
+        MulSR(31, 3, scale=8, small_scale=3)
+
+
+# --------------------------------------------------------------------- deformable convolution
+
+
+def test_modulated_deform_conv_matches_conv_and_shift():
+    torch.manual_seed(0)
+    x, w, b = torch.randn(2, 5, 7, 9), torch.randn(4, 5, 3, 3), torch.randn(4)
+    ones = torch.ones(2, 9, 7, 9)
+    ref = F.conv2d(x, w, b, padding=1)
+    assert torch.allclose(modulated_deform_conv2d(x, torch.zeros(2, 18, 7, 9), ones, w, b), ref, atol=1e-4)
+    off = torch.zeros(2, 18, 7, 9)
+    off[:, 1::2] = 1.0  # every kernel point one pixel to the right: conv of the image shifted left
+    y = modulated_deform_conv2d(x, off, ones, w, b)
+    shifted = F.conv2d(F.pad(x[..., 1:], (0, 1)), w, b, padding=1)
+    assert torch.allclose(y[..., 1:], shifted[..., 1:], atol=1e-4)  # column 0 differs by the zero padding only
+    half = modulated_deform_conv2d(x, torch.zeros(2, 18, 7, 9), 0.5 * ones, w, None)
+    assert torch.allclose(half, 0.5 * F.conv2d(x, w, padding=1), atol=1e-4)
+
+
+# --------------------------------------------------------------------- training smoke tests
+
+
+def _batch(bands=31, msi_bands=3, s=4, size=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(2, 4, size // 4, size // 4, generator=g)
+    spectra = torch.rand(4, bands, generator=g)
+    gt = torch.einsum("bkhw,kc->bchw", F.interpolate(base, size=(size, size), mode="bicubic", align_corners=False), spectra) / 4
+    gt = gt.clamp(0.01, 1)
+    lr = F.avg_pool2d(gt, s)
+    srf = torch.rand(msi_bands, bands, generator=g)
+    msi = torch.einsum("bchw,mc->bmhw", gt, srf / srf.sum(1, keepdim=True))
+    return lr, msi, gt
+
+
+def _loss(arch, net, lr, msi, gt):
+    if arch == "mftn":
+        out, aux = net(lr, msi, return_aux=True)
+        return mftn_loss(out, gt, net=net, aux=aux)
+    if arch == "hyfusion":
+        return hyfusion_loss(net(lr, msi), gt)
+    return mulsr_loss(net(lr, msi), gt)
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_training_smoke_loss_decreases(arch):
+    torch.manual_seed(0)
+    net = build_network(arch, {"bands": 31, "msi_bands": 3, "scale": 4, **TINY[arch]})
+    lr, msi, gt = _batch()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, betas=(0.9, 0.99))  # MulSR's recipe betas
+    hist = []
+    for _ in range(10):
+        terms = _loss(arch, net, lr, msi, gt)
+        opt.zero_grad()
+        terms["total"].backward()
+        opt.step()
+        hist.append(float(terms["total"].detach()))
+    assert np.isfinite(hist).all()
+    assert hist[-1] < 0.97 * hist[0] and np.mean(hist[-3:]) < np.mean(hist[:3])  # measured: -10 to -18 %
+    if arch == "mftn":
+        assert set(terms) == {"l1", "grad", "sam", "transfer", "total"}
+
+
+# --------------------------------------------------------------------- the Fuser wrapper
+
+
+def _save(tmp_path, arch, kw, scales, bands=31, msi_bands=3):
+    from hsfuse.weights import save_weights
+
+    torch.manual_seed(0)
+    net = build_network(arch, kw)
+    rec = {"architecture": arch, "kwargs": net.config, "bands": bands, "msi_bands": msi_bands, "scales": scales,
+           "protocol": "test", "training_data": "none (untrained test weights)", "steps": 0, "validation_metrics": {}}
+    save_weights(tmp_path / f"{arch}-test", net.state_dict(), rec)
+    return tmp_path / f"{arch}-test"
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_network_fuser_runs_and_checks(tmp_path, arch):
+    kw = {"bands": 31, "msi_bands": 3, "scale": 8, **TINY[arch]}
+    stem = _save(tmp_path, arch, kw, [4, 8] if arch == "mulsr" else [8])
+    f = NetworkFuser(FusionProblem(8, 31, 3, options={"weights": str(stem)}))
+    assert f.halo_lr == f.halo_bound >= 1 and f.describe()["architecture"] == arch
+    rng = np.random.default_rng(0)
+    lr, msi = rng.random((31, 3, 4), dtype=np.float32), rng.random((3, 24, 32), dtype=np.float32)
+    f.fit(lr, lr[:3])
+    out = f.fuse_tile(lr, msi)
+    assert out.shape == (31, 24, 32) and out.dtype == np.float32 and np.isfinite(out).all()
+    with pytest.raises(ModelError, match="hyperspectral bands"):
+        NetworkFuser(FusionProblem(8, 30, 3, options={"weights": str(stem)}))
+    with pytest.raises(ModelError, match="scale"):
+        NetworkFuser(FusionProblem(2, 31, 3, options={"weights": str(stem)}))
+
+
+def test_network_fuser_prior_refines_gsa(tmp_path):
+    from hsfuse.models.classical import DetailInjection
+    from hsfuse.models.classical import fuse_arrays as fuse_untiled
+
+    stem = _save(tmp_path, "hyfusion", {"bands": 8, "msi_bands": 3, "scale": 4, "prior": True, **TINY["hyfusion"]},
+                 [4], bands=8)
+    rng = np.random.default_rng(1)
+    z = rng.random((8, 16, 16), dtype=np.float32)
+    lr = F.avg_pool2d(torch.from_numpy(z)[None], 4)[0].numpy()
+    msi = np.stack([z[:3].mean(0), z[3:6].mean(0), z[6:].mean(0)])
+    prob = FusionProblem(4, 8, 3, options={"weights": str(stem)})
+    f = NetworkFuser(prob)
+    assert f.prior_fuser is not None and f.halo_bound > f.prior_fuser.halo_lr
+    out = fuse_untiled(f, lr, msi, prob)
+    gsa = fuse_untiled(DetailInjection, lr, msi, FusionProblem(4, 8, 3))
+    np.testing.assert_allclose(out, gsa, atol=1e-5)  # untrained residual head: the prior exactly
+
+
+def test_network_fuser_without_weights_says_so():
+    with pytest.raises(ModelError, match="weights"):
+        NetworkFuser(FusionProblem(8, 31, 3))
+
+
+# --------------------------------------------------------------------- receptive field (the tiling halo)
+
+
+@pytest.mark.parametrize("arch,scale", [("mftn", 4), ("hyfusion", 4), ("mulsr", 8)])
+def test_receptive_radius_bounds_the_dependence(arch, scale):
+    """No input pixel farther than ``receptive_radius_hr`` from an output pixel changes it (gradient support)."""
+    torch.manual_seed(0)
+    net = build_network(arch, {"bands": 4, "msi_bands": 3, "scale": scale, **TINY[arch]})
+    for m in net.modules():  # zero-initialised heads/predictors would hide the dependence
+        if isinstance(m, torch.nn.Conv2d) and not m.weight.any():
+            torch.nn.init.normal_(m.weight, std=0.1)
+    r = net.receptive_radius_hr(scale)
+    n = (2 * r + 2 * scale) // scale + 2  # LR side: the image reaches past the radius on every side
+    H = n * scale
+    lr = torch.rand(1, 4, n, n, requires_grad=True)
+    msi = torch.rand(1, 3, H, H, requires_grad=True)
+    c = H // 2
+    _run(net, lr, msi)[0, :, c, c].sum().backward()
+    ys, xs = torch.nonzero(msi.grad[0].abs().sum(0), as_tuple=True)
+    assert max((ys - c).abs().max(), (xs - c).abs().max()) <= r
+    ys, xs = torch.nonzero(lr.grad[0].abs().sum(0), as_tuple=True)
+    centres = lambda i: i * scale + (scale - 1) / 2  # noqa: E731
+    assert max((centres(ys) - c).abs().max(), (centres(xs) - c).abs().max()) <= r + scale / 2
+
+
+@pytest.mark.parametrize("arch,scale", [("mftn", 4), ("hyfusion", 4), ("mulsr", 8)])
+def test_tiled_equals_untiled_with_receptive_halo(arch, scale):
+    """With the receptive-radius halo, tiles cut on the window/stride grid reproduce the untiled result."""
+    from hsfuse.models.csakd_fuser import run_tiled
+    from hsfuse.models.mulsr import SelectOutput
+
+    torch.manual_seed(0)
+    net = build_network(arch, {"bands": 5, "msi_bands": 3, "scale": scale, **TINY[arch]})
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d) and not m.weight.any():
+            torch.nn.init.normal_(m.weight, std=0.1)
+    net = SelectOutput(net) if arch == "mulsr" else net
+    rng = np.random.default_rng(0)
+    lr, msi = rng.random((5, 8, 4), dtype=np.float32), rng.random((3, 8 * scale, 4 * scale), dtype=np.float32)
+    halo = -(-net.receptive_radius_hr(scale) // scale)
+    full = run_tiled(net, lr, msi, None, 10 ** 6, halo)
+    tiled = run_tiled(net, lr, msi, None, 4 * scale, halo)  # two tiles of 4x4 LR pixels
+    np.testing.assert_allclose(tiled, full, atol=1e-5)
