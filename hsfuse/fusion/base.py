@@ -38,6 +38,9 @@ class Fuser:
     name: str = "?"
     #: LR pixels of context each side of a tile (override per method / PSF)
     halo_lr: int = 0
+    #: set by the engine before each ``fuse_tile``: HR (row, col) of the tile input's top-left
+    #: corner in the scene (negative inside the mirrored border)
+    tile_origin: tuple[int, int] = (0, 0)
 
     def __init__(self, problem: FusionProblem, device: str = "cpu", precision: str = "fp32"):
         self.problem = problem

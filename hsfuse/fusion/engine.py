@@ -348,6 +348,9 @@ def stream_tiles(plan: FusePlan, fuser: Fuser, prep: _Prepared, msi: CubeSource,
             if invalid.all():
                 pred = np.zeros((C, eh, ew), dtype=np.float32)
             else:
+                # where the tile input starts in the (mirror-extended) HR scene: methods with
+                # position-keyed state (e.g. diffusion noise) use it to stay tile-invariant
+                fuser.tile_origin = ((R.e0 - halo) * s, (Cs.e0 - halo) * s)
                 pred = np.asarray(fuser.fuse_tile(lr_in, msi_in), dtype=np.float32)
                 expect = (C, (R.e1 - R.e0 + 2 * halo) * s, (Cs.e1 - Cs.e0 + 2 * halo) * s)
                 if pred.shape != expect:

@@ -86,6 +86,32 @@ _ENTRIES: list[ModelEntry] = [
         paper="CSAKD, arXiv 2406.19666 (S3RNet describes the same network)", needs_psf=True,
         weights=("csakd-s-cave-gauss-x8", "csakd-s-cave-mhf-x32"), default_overlap=32, aliases=("s3rnet-s",),
     ),
+    # Reimplemented from their papers; no trained weights yet (training needs the GPU machine), so
+    # they are listed as unavailable and never chosen or run until weights are installed.
+    ModelEntry(
+        "mftn", "supervised", "MFTN: multi-scale IMatchFormer feature transfer + deformable spectral-aware aggregation.",
+        "hsfuse.models.zoo_fuser:MFTNFuser", "band counts and scale of the trained weights",
+        paper="Huang et al., ICML 2024 (MFTN)", needs_psf=True, weights=("mftn-cave-gauss-x8",), default_overlap=32,
+    ),
+    ModelEntry(
+        "hyfusion", "supervised", "HyFusion: enhanced-reception-field (shifted-window) transformer with a dual-coupled network.",
+        "hsfuse.models.zoo_fuser:HyFusionFuser", "band counts and scale of the trained weights",
+        paper="Hsu, Lee, Kang et al., HyFusion (arXiv 2501.04665)", needs_psf=True, weights=("hyfusion-cave-gauss-x8",),
+        default_overlap=64,
+    ),
+    ModelEntry(
+        "mulsr", "supervised", "MulSR: one network for two scale factors, direction-aware interaction + feedback correction.",
+        "hsfuse.models.zoo_fuser:MulSRFuser", "band counts and the two scales of the trained weights",
+        paper="MulSR, Multi-Scale Factor Joint Learning for HSI SR (IEEE TGRS)", needs_psf=True,
+        weights=("mulsr-cave-gauss-x4x8",), default_overlap=32,
+    ),
+    ModelEntry(
+        "hsr-diff", "supervised",
+        "HSR-Diff conditional diffusion (CDFormer denoiser); few-step DDIM (default 8) or 100-step ancestral sampling.",
+        "hsfuse.models.hsrdiff:HSRDiffFuser", "the trained band counts and scale (planned: 31 bands + RGB, x32)",
+        paper="Wu et al., HSR-Diff, ICCV 2023 (arXiv 2306.12085)", weights=("hsr-diff-cave-mhf-x32",),
+        default_overlap=32, aliases=("hsrdiff",),
+    ),
 ]
 
 REGISTRY: dict[str, ModelEntry] = {e.name: e for e in _ENTRIES}
