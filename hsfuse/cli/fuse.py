@@ -67,6 +67,26 @@ def _pairs_from(inputs: list[Path], pairs_csv: Optional[Path], out_dir: Optional
     return [(inputs[i], inputs[i + 1], out_dir / _default_name(inputs[i], out_format)) for i in range(0, len(inputs), 2)]
 
 
+def _parse_options(items: list[str]) -> dict:
+    """KEY=VALUE strings -> dict, values as int, float, bool or str."""
+    opts = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--option expects KEY=VALUE, got '{item}'")
+        v: object = value
+        for conv in (int, float):
+            try:
+                v = conv(value)
+                break
+            except ValueError:
+                continue
+        if value.lower() in ("true", "false"):
+            v = value.lower() == "true"
+        opts[key.strip()] = v
+    return opts
+
+
 def _default_name(lr: Path, out_format: Optional[str]) -> str:
     ext = {"envi": ".hdr", "tiff": ".tif", "mat": ".mat"}.get((out_format or "").lower())
     if ext is None:
@@ -90,6 +110,7 @@ def fuse(
     out_format: Optional[str] = typer.Option(None, "--format", help="Output format override: envi | tiff | mat."),
     lr_var: Optional[str] = typer.Option(None, "--lr-var", help="Variable of a .mat LR input."),
     msi_var: Optional[str] = typer.Option(None, "--msi-var", help="Variable of a .mat MSI input."),
+    option: List[str] = typer.Option([], "-O", "--option", help="Model option KEY=VALUE (repeatable), e.g. -O steps=8 -O seed=1."),
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="CSV with columns lr,msi[,output] (paths relative to the CSV)."),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Output folder for several pairs."),
     keep_going: bool = typer.Option(False, "--keep-going", help="With several pairs, go on after a failed pair."),
@@ -116,7 +137,8 @@ def fuse(
         if out_dir is not None and not dry_run:
             out_dir.mkdir(parents=True, exist_ok=True)
         cfg = FuseConfig(model=model, tile=tile, overlap=overlap, device=device, precision=precision,
-                         psf=psf, sigma=sigma, psf_form=psf_form, srf=srf, protocol=protocol)
+                         psf=psf, sigma=sigma, psf_form=psf_form, srf=srf, protocol=protocol,
+                         options=_parse_options(option))
         lr_opts = {"var": lr_var} if lr_var else {}
         msi_opts = {"var": msi_var} if msi_var else {}
 
