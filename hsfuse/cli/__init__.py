@@ -48,6 +48,7 @@ def _root(
 
 from . import degrade as _degrade  # noqa: E402
 from . import demo as _demo  # noqa: E402
+from . import estimate as _estimate  # noqa: E402
 from . import fuse as _fuse  # noqa: E402
 from . import info as _info  # noqa: E402
 from . import metrics as _metrics  # noqa: E402
@@ -58,6 +59,7 @@ app.command("fuse")(_fuse.fuse)
 app.command("degrade")(_degrade.degrade)
 app.command("metrics")(_metrics.metrics)
 app.command("train")(_train.train)
+app.command("estimate")(_estimate.estimate)
 app.command("info")(_info.info)
 app.command("models")(_models.models)
 app.command("demo")(_demo.demo)

@@ -161,6 +161,11 @@ def choose_model(lr: CubeSource, msi: CubeSource, scale: int) -> tuple[ModelEntr
     return get_model("gsa"), None, "no pretrained model fits these inputs; using classical detail injection 'gsa'"
 
 
+def _is_json_spec(spec: str) -> bool:
+    """An estimate written by `hsfuse estimate`: FILE.json, or FILE.json:gaussian / FILE.json:kernel."""
+    return spec.lower().endswith(".json") or ".json:" in spec.lower()
+
+
 def resolve_psf_srf(cfg: FuseConfig, scale: int, lr: CubeSource, msi: CubeSource):
     """(psf, psf_source, srf, srf_source) from --protocol, --psf/--sigma/--form and --srf."""
     psf = srf = None
@@ -177,6 +182,10 @@ def resolve_psf_srf(cfg: FuseConfig, scale: int, lr: CubeSource, msi: CubeSource
             srf_source = f"protocol {cfg.protocol}"
     if isinstance(cfg.psf, Psf):
         psf, psf_source = cfg.psf, "given"
+    elif isinstance(cfg.psf, str) and _is_json_spec(cfg.psf):
+        from ..blind import psf_from_json  # written by `hsfuse estimate`
+
+        psf, psf_source = psf_from_json(cfg.psf, scale), f"--psf {cfg.psf}"
     elif isinstance(cfg.psf, str):
         from ..degrade import make_psf
 
@@ -185,7 +194,11 @@ def resolve_psf_srf(cfg: FuseConfig, scale: int, lr: CubeSource, msi: CubeSource
         psf, psf_source = Psf.gaussian(scale), "assumed: Gaussian with FWHM = scale (give --psf or --protocol if known)"
     if psf.scale != scale:
         raise UsageError(f"the PSF is for scale {psf.scale} but the inputs are x{scale}")
-    if isinstance(cfg.srf, str):
+    if isinstance(cfg.srf, str) and _is_json_spec(cfg.srf):
+        from ..blind import srf_from_json
+
+        srf, srf_source = srf_from_json(cfg.srf), f"--srf {cfg.srf} (estimated, gain applied)"
+    elif isinstance(cfg.srf, str):
         from ..srf import load_srf
 
         srf, srf_source = load_srf(cfg.srf, lr.meta.wavelengths, lr.bands).matrix, f"--srf {cfg.srf}"
@@ -396,6 +409,8 @@ def run(lr: CubeSource, msi: CubeSource, cfg: FuseConfig, sink_factory: Callable
     plan = make_plan(lr, msi, cfg)
     while True:
         fuser = build_fuser(plan, cfg, lr, msi)
+        if progress is not None and hasattr(fuser, "progress"):
+            fuser.progress = progress  # per-scene optimisation (umsft) reports its iterations
         sink = sink_factory(plan)
         try:
             with sink:

@@ -80,6 +80,16 @@ _ENTRIES: list[ModelEntry] = [
         paper="Yokoya, Yairi, Iwasaki, IEEE TGRS 50(2) 2012", needs_srf=True, needs_psf=True,
     ),
     ModelEntry(
+        "umsft", "zero-shot",
+        "Zero-shot multi-level spatio-spectral fusion transformer, optimised on the scene itself at reduced "
+        "resolution, correcting the gsa estimate.",
+        "hsfuse.models.umsft:UMSFT",
+        "any band counts (MSI bands <= LR bands), any integer scale; uses PSF and SRF (estimated if not given; "
+        "best with `hsfuse estimate`)",
+        paper="Cao et al., Unsupervised Multi-level Spatio-spectral Fusion Transformer for Hyperspectral Image "
+              "Super-resolution", needs_srf=True, needs_psf=True,
+    ),
+    ModelEntry(
         "csakd-s", "supervised",
         "CSAKD student network refining the detail-injection estimate (trained on CAVE, 31 bands + Nikon D700 RGB).",
         "hsfuse.models.csakd_fuser:CSAKDFuser", "31 bands (400-700 nm) + 3-band RGB at the trained scales",
