@@ -139,6 +139,10 @@ def quality_table(shared: Path, methods: list[str]) -> list[dict]:
     return rows
 
 
+def per_scene(rows: list[dict]) -> str:
+    return ", ".join(f"{r['psnr']:.2f}" for r in rows)
+
+
 def write_markdown(speed: list[dict], quality: list[dict], path: Path) -> None:
     lines = ["<!-- fuse:start (written by benchmarks/bench_fuse.py; do not edit by hand) -->",
              "## Classical fusion methods (`benchmarks/bench_fuse.py`)", "",
@@ -161,7 +165,7 @@ def write_markdown(speed: list[dict], quality: list[dict], path: Path) -> None:
                 sel = [r for r in quality if r["protocol"] == protocol and r["method"] == method]
                 lines.append(f"| {protocol} | {method} | {np.mean([r['psnr'] for r in sel]):.2f} | "
                              f"{np.mean([r['sam'] for r in sel]):.2f} | {np.mean([r['ergas'] for r in sel]):.3f} | "
-                             f"{', '.join(f'{r['psnr']:.2f}' for r in sel)} | {np.median([r['seconds'] for r in sel]):.2f} |")
+                             f"{per_scene(sel)} | {np.median([r['seconds'] for r in sel]):.2f} |")
         lines.append("")
     lines.append("<!-- fuse:end -->")
     section = "\n".join(lines)

@@ -80,6 +80,7 @@ def save_weights(stem: str | Path, state_dict: dict, record: dict[str, Any]) -> 
     rec["parameters"] = int(sum(int(np.prod(t.shape)) for t in tensors.values()))
     tmp_js = js_path.with_name(f".{js_path.name}.tmp-{os.getpid()}")
     tmp_js.write_text(json.dumps(_jsonable(rec), indent=2) + "\n")
+    os.chmod(tmp_st, 0o644)  # safetensors creates it private; weights are meant to be shared
     os.replace(tmp_st, st_path)
     os.replace(tmp_js, js_path)
     return st_path, js_path

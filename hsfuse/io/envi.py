@@ -24,6 +24,7 @@ $ hsfuse info scene.hdr
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -325,8 +326,9 @@ class EnviWriter(CubeWriter):
         nb, height, width = self.shape
         with open(self._tmp_data, "wb") as fh:
             fh.truncate(nb * height * width * self.dtype.itemsize)
-        layout = {"bsq": (nb, height, width), "bil": (height, nb, width), "bip": (height, width, nb)}[self.interleave]
-        self._mm = np.memmap(self._tmp_data, dtype=self.dtype, mode="r+", shape=layout)
+        # positional writes, not a memmap: written pages of a mapping count in the process's
+        # RSS until unmapped, so a memmap would grow to the size of the output
+        self._fd: int | None = os.open(self._tmp_data, os.O_RDWR)
 
     def _header(self) -> str:
         nb, height, width = self.shape
@@ -373,22 +375,38 @@ class EnviWriter(CubeWriter):
         return "\n".join(lines) + "\n"
 
     def _write_raw(self, window: Window, raw: np.ndarray) -> None:
-        rs, cs = window.slices
+        nb, height, width = self.shape
+        r0, c0, h, w = window.row, window.col, window.height, window.width
+        item, fd = self.dtype.itemsize, self._fd
+        raw = raw.astype(self.dtype, copy=False)
+        full = c0 == 0 and w == width  # whole rows: each band (BSQ) or the block (BIL/BIP) is contiguous
         if self.interleave == "bsq":
-            self._mm[:, rs, cs] = raw
-        elif self.interleave == "bil":
-            self._mm[rs, :, cs] = raw.transpose(1, 0, 2)
-        else:
-            self._mm[rs, cs, :] = raw.transpose(1, 2, 0)
+            for b in range(nb):
+                if full:
+                    os.pwrite(fd, np.ascontiguousarray(raw[b]).tobytes(), (b * height + r0) * width * item)
+                    continue
+                for i in range(h):
+                    os.pwrite(fd, np.ascontiguousarray(raw[b, i]).tobytes(), ((b * height + r0 + i) * width + c0) * item)
+            return
+        rows = raw.transpose(1, 0, 2) if self.interleave == "bil" else raw.transpose(1, 2, 0)  # (h, nb, w) | (h, w, nb)
+        if full:
+            os.pwrite(fd, np.ascontiguousarray(rows).tobytes(), r0 * width * nb * item)
+            return
+        for i in range(h):
+            if self.interleave == "bil":
+                for b in range(nb):
+                    os.pwrite(fd, np.ascontiguousarray(rows[i, b]).tobytes(), (((r0 + i) * nb + b) * width + c0) * item)
+            else:
+                os.pwrite(fd, np.ascontiguousarray(rows[i]).tobytes(), ((r0 + i) * width + c0) * nb * item)
 
     def _finish(self) -> None:
-        self._mm.flush()
+        os.fsync(self._fd)
         self._tmp_hdr.write_text(self._header_text)
 
     def _close_handles(self) -> None:
-        mm, self._mm = getattr(self, "_mm", None), None
-        if mm is not None and getattr(mm, "_mmap", None) is not None:
-            mm._mmap.close()
+        fd, self._fd = getattr(self, "_fd", None), None
+        if fd is not None:
+            os.close(fd)
 
 
 def create_writer(path: Path, shape: tuple[int, int, int], meta: CubeMeta, dtype: np.dtype, **opts: Any) -> EnviWriter:

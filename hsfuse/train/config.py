@@ -1,0 +1,135 @@
+"""``TrainConfig``: every knob of a training run, resolved defaults < TOML file < CLI flags.
+
+>>> cfg = TrainConfig.resolve("run.toml", {"steps": 2000, "seed": 1})
+>>> cfg.protocol, cfg.validation_scenes[0]
+('cave-gauss-x8', 'fake_and_real_peppers')
+
+A TOML file holds the same field names at the top level (``steps = 2000``)
+or under a ``[train]`` table; unknown keys are an error that lists the known ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..errors import UsageError
+
+#: the CAVE scenes held out for validation (never trained on); also written to the record
+VALIDATION_SCENES = ("fake_and_real_peppers", "oil_painting", "stuffed_toys")
+DEFAULT_DATA = str(Path(__file__).resolve().parents[3] / "shared" / "data" / "cave")
+
+#: loss weights (see docs/models/csakd.md): L1 to ground truth, response KD (student to teacher output),
+#: feature KD (adapted student features to teacher features), band-energy-balanced MSE, SAM (radians)
+DEFAULT_LOSS_WEIGHTS = {"l1": 1.0, "kd": 0.5, "feat": 0.1, "beba": 0.1, "sam": 0.05}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # data and forward model
+    data: tuple[str, ...] = (DEFAULT_DATA,)  # folders of scenes (CAVE band folders, cube files) or cube files
+    validation_scenes: tuple[str, ...] = VALIDATION_SCENES
+    train_scenes: tuple[str, ...] = ()  # empty: every scene found that is not a validation scene
+    protocol: str = "cave-gauss-x8"  # preset, or "custom" with scale/psf_sigma/srf_file
+    scale: int = 0  # custom protocol only
+    psf_sigma: float = 0.0  # custom: Gaussian sigma in HR pixels (0: FWHM = scale)
+    srf_file: str = ""  # custom: .npy/.csv (m x C) or .mat with R (C x m)
+    noise_snr: float = 0.0  # dB; > 0 adds Gaussian noise of this SNR to LR and MSI patches
+    # model
+    model: str = "student"  # student | teacher
+    prior: bool = True  # refine the detail-injection (GSA) estimate
+    distill: bool = False  # online KD: co-train a teacher and distil it into the student
+    nf: int = 0  # 0: width scaled with the band count
+    heads: int = 0
+    attn_window: int = 3  # LR pixels
+    init_weights: str = ""  # start from these exported weights (fine-tuning); the optimiser starts fresh
+    # optimisation
+    steps: int = 2000
+    batch: int = 8
+    patch: int = 64  # HR patch side (a multiple of the scale)
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    warmup: int = 100
+    min_lr_ratio: float = 0.05
+    clip: float = 1.0
+    loss_weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_LOSS_WEIGHTS))
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # torch CPU threads (0: torch's default)
+    # bookkeeping
+    out_dir: str = "runs/csakd"
+    checkpoint_every: int = 200
+    val_every: int = 500
+    val_tile: int = 0  # HR tile side for validation (0: whole scenes)
+    resume: bool = False
+    stop_after: int = 0  # stop (with a checkpoint) after this many steps in this invocation; resume continues
+    time_limit_min: float = 0.0  # stop (with a checkpoint) after this many minutes in this invocation
+    export: str = ""  # weights stem (e.g. weights/csakd-s-cave-gauss-x8); written after training
+    export_if_better: bool = True  # export only if validation PSNR beats the GSA prior
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        if self.model not in ("student", "teacher"):
+            raise UsageError(f"model must be 'student' or 'teacher', got {self.model!r}")
+        if self.distill and self.model != "student":
+            raise UsageError("distill trains a student from a co-trained teacher: use model = 'student'")
+        for name in ("steps", "batch", "patch", "checkpoint_every", "val_every"):
+            if getattr(self, name) <= 0:
+                raise UsageError(f"{name} must be positive, got {getattr(self, name)}")
+        unknown = set(self.loss_weights) - set(DEFAULT_LOSS_WEIGHTS)
+        if unknown:
+            raise UsageError(f"unknown loss weights {sorted(unknown)} (known: {', '.join(DEFAULT_LOSS_WEIGHTS)})")
+
+    @property
+    def weights(self) -> dict[str, float]:
+        w = dict(DEFAULT_LOSS_WEIGHTS)
+        w.update(self.loss_weights)
+        return w
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["loss_weights"] = self.weights
+        d["data"] = list(self.data)
+        return d
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], base: "TrainConfig | None" = None) -> "TrainConfig":
+        known = set(cls.field_names())
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UsageError(f"unknown training option(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        vals = dict(values)
+        for name in ("data", "validation_scenes", "train_scenes"):
+            if name in vals and vals[name] is not None:
+                v = vals[name]
+                vals[name] = (v,) if isinstance(v, str) else tuple(str(x) for x in v)
+        if "loss_weights" in vals:
+            w = dict(DEFAULT_LOSS_WEIGHTS if base is None else base.weights)
+            w.update(vals["loss_weights"])
+            vals["loss_weights"] = w
+        return dataclasses.replace(base or cls(), **vals)
+
+    @classmethod
+    def resolve(cls, config_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> "TrainConfig":
+        """Defaults < TOML file < ``overrides`` (CLI flags; None values mean "not given")."""
+        cfg = cls()
+        if config_file:
+            path = Path(config_file)
+            try:
+                doc = tomllib.loads(path.read_text())
+            except FileNotFoundError:
+                raise UsageError("config file not found", path) from None
+            except tomllib.TOMLDecodeError as e:
+                raise UsageError(f"invalid TOML: {e}", path) from None
+            doc = doc.get("train", doc)
+            cfg = cls.from_dict(doc, cfg)
+        if overrides:
+            cfg = cls.from_dict({k: v for k, v in overrides.items() if v is not None}, cfg)
+        return cfg

@@ -1,0 +1,418 @@
+"""Training data: HR cubes -> (LR, MSI, GSA prior, HR) by the same forward model as ``hsfuse degrade``.
+
+Each scene is read once (``hsfuse.io.read_cube``; CAVE band folders included),
+degraded once on the whole scene with the protocol's PSF and SRF, and, for
+``prior=True`` models, fused once with the detail-injection (GSA) method whose
+global regression is fitted on the whole scene exactly as at inference. The
+batches are then random crops of these arrays aligned to the scale (HR offset
+a multiple of s, so the crop of the LR is the LR of the crop), with flips,
+90-degree rotations and optional noise applied identically to all four.
+
+>>> scenes = load_scenes(find_scenes(["../shared/data/cave"]), forward_model("cave-gauss-x8"), prior=True)
+>>> sampler = PatchSampler([s for s in scenes if s.name not in VALIDATION_SCENES], patch=64, batch=8, seed=0)
+>>> lr, msi, prior, hr = sampler.next()     # numpy (B, C, 8, 8), (B, 3, 64, 64), (B, C, 64, 64) x2
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from ..degrade import Psf, gaussian_kernel, spatial_degrade
+from ..errors import HsfuseError, InputError, UsageError
+
+CUBE_SUFFIXES = (".hdr", ".tif", ".tiff", ".mat", ".npy")
+MHF_MAT = Path(__file__).resolve().parents[3] / "shared" / "data" / "srf" / "nikon_d700_mhfnet" / "response_coefficient.mat"
+
+
+@dataclass
+class ForwardModel:
+    """PSF + SRF (m x C) of a protocol, with what to write in the record."""
+
+    name: str
+    psf: Psf
+    srf: np.ndarray
+    srf_name: str
+    wavelengths: np.ndarray | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def scale(self) -> int:
+        return self.psf.scale
+
+
+# ----------------------------------------------------------------------------- protocols
+
+def _mhf_mat(path: Path = MHF_MAT) -> dict[str, np.ndarray]:
+    from scipy.io import loadmat
+
+    if not path.exists():
+        raise InputError("SRF/PSF file of the CAVE protocols not found", path)
+    m = loadmat(str(path))
+    return {"R": np.asarray(m["R"], dtype=np.float64), "C": np.asarray(m["C"], dtype=np.float64)}
+
+
+def _builtin_protocol(name: str) -> ForwardModel:
+    """The two CAVE presets, built exactly as docs/protocols.md defines them (used until hsfuse.protocols lands)."""
+    mat = _mhf_mat()
+    srf = mat["R"].T  # (3, 31), rows R, G, B
+    wl = np.arange(400, 701, 10, dtype=np.float64)
+    if name == "cave-mhf-x32":
+        psf = Psf.block(mat["C"])
+        psf.name = "mhf-net C (32x32 blocks)"
+    elif name == "cave-gauss-x8":
+        psf = Psf.block(gaussian_kernel(8, 2.0, center=3.5))
+        psf.name = "gaussian(sigma=2) 8x8 blocks"
+    else:
+        raise UsageError(f"unknown protocol {name!r} (known: cave-gauss-x8, cave-mhf-x32, custom)")
+    return ForwardModel(name, psf, srf, "nikon_d700_mhfnet", wl, {"source": "builtin"})
+
+
+def _library_protocol(name: str) -> ForwardModel | None:
+    """The preset from ``hsfuse.protocols`` when that module exists (same numbers as the builtin)."""
+    try:
+        from .. import protocols as P  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    proto = None
+    for getter in ("get_protocol", "get"):
+        fn = getattr(P, getter, None)
+        if callable(fn):
+            try:
+                proto = fn(name)
+                break
+            except (KeyError, ValueError):
+                return None
+    if proto is None:
+        table = getattr(P, "PROTOCOLS", None) or getattr(P, "PRESETS", None)
+        if isinstance(table, dict) and name in table:
+            proto = table[name]
+    if proto is None or not hasattr(proto, "build"):
+        return None
+    try:
+        built = proto.build()
+    except TypeError:
+        return None
+    psf, srf = built[0], np.asarray(built[1], dtype=np.float64)
+    wl = getattr(proto, "wavelengths", None)
+    return ForwardModel(name, psf, srf, str(getattr(proto, "srf_name", "nikon_d700_mhfnet")),
+                        None if wl is None else np.asarray(wl, dtype=np.float64), {"source": "hsfuse.protocols"})
+
+
+def _load_srf_file(path: str | Path) -> np.ndarray:
+    path = Path(path)
+    if not path.exists():
+        raise InputError("SRF file not found", path)
+    if path.suffix == ".npy":
+        srf = np.load(path)
+    elif path.suffix == ".csv":
+        srf = np.loadtxt(path, delimiter=",")
+    elif path.suffix == ".mat":
+        from scipy.io import loadmat
+
+        m = loadmat(str(path))
+        if "R" not in m:
+            raise InputError("MAT file has no 'R' variable", path)
+        srf = np.asarray(m["R"])
+        srf = srf.T if srf.shape[0] > srf.shape[1] else srf
+    else:
+        raise InputError("SRF file must be .npy, .csv or .mat", path)
+    srf = np.asarray(srf, dtype=np.float64)
+    if srf.ndim != 2:
+        raise InputError(f"SRF must be a 2-D (m x C) matrix, got shape {srf.shape}", path)
+    return srf
+
+
+def forward_model(protocol: str, scale: int = 0, psf_sigma: float = 0.0, srf_file: str = "") -> ForwardModel:
+    """The protocol preset, or ``custom``: Gaussian PSF (``psf_sigma``, default FWHM = scale) and an SRF file."""
+    if protocol != "custom":
+        return _library_protocol(protocol) or _builtin_protocol(protocol)
+    if scale < 1 or not srf_file:
+        raise UsageError("protocol 'custom' needs --scale and --srf-file")
+    psf = Psf.gaussian(scale, psf_sigma or None)
+    return ForwardModel("custom", psf, _load_srf_file(srf_file), Path(srf_file).name, None,
+                        {"psf_sigma": psf_sigma, "srf_file": str(srf_file)})
+
+
+# ----------------------------------------------------------------------------- reading scenes
+
+def _read_band_folder(folder: Path) -> np.ndarray:
+    from PIL import Image
+
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".tif", ".tiff", ".bmp"))
+    if not files:
+        raise InputError("no band images in folder", folder)
+    bands = []
+    for p in files:
+        with Image.open(p) as im:
+            a = np.asarray(im)
+        if a.ndim == 3:  # a few CAVE bands are stored as RGBA: take the first channel
+            a = a[..., 0]
+        scale = 65535.0 if a.dtype == np.uint16 or a.max() > 255 else 255.0
+        bands.append(a.astype(np.float32) / scale)
+    return np.stack(bands)
+
+
+def read_hr(path: str | Path) -> np.ndarray:
+    """A float32 (C, H, W) cube in [0, 1] (``hsfuse.io.read_cube``; Pillow for band folders until it lands)."""
+    path = Path(path)
+    if path.suffix == ".npy":
+        return np.load(path).astype(np.float32)
+    try:
+        from ..io import read_cube
+
+        cube = read_cube(path)
+        data = cube.data if hasattr(cube, "data") else cube
+        return np.asarray(data, dtype=np.float32)
+    except (ImportError, AttributeError, HsfuseError):
+        if path.is_dir():  # band-folder reader not there yet: read the PNGs directly
+            return _read_band_folder(path)
+        raise
+
+
+def scene_name(path: Path) -> str:
+    name = path.stem if path.is_file() else path.name
+    return name[:-3] if name.endswith("_ms") else name
+
+
+def find_scenes(paths: Iterable[str | Path]) -> dict[str, Path]:
+    """name -> path for every scene under ``paths`` (a scene folder, a folder of scenes, or cube files)."""
+    out: dict[str, Path] = {}
+    for p in map(Path, paths):
+        if not p.exists():
+            raise InputError("training data not found", p)
+        if p.is_file():
+            out[scene_name(p)] = p
+            continue
+        subdirs = sorted(d for d in p.iterdir() if d.is_dir())
+        files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in CUBE_SUFFIXES)
+        if subdirs or files:
+            for d in subdirs:
+                inner = d / d.name if (d / d.name).is_dir() else d  # CAVE zips nest <scene>_ms/<scene>_ms/
+                out[scene_name(d)] = inner
+            for f in files:
+                out[scene_name(f)] = f
+        else:
+            out[scene_name(p)] = p  # a band folder itself
+    if not out:
+        raise InputError("no scenes found", ", ".join(map(str, paths)))
+    return dict(sorted(out.items()))
+
+
+def split_scenes(found: dict[str, Path], validation: Sequence[str], train: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+    """(training names, validation names); validation scenes are never trained on."""
+    missing = [v for v in list(validation) + list(train) if v not in found]
+    if missing:
+        raise InputError(f"scenes not found: {', '.join(missing)} (found: {', '.join(found)})")
+    val = list(validation)
+    tr = [t for t in (train or found) if t not in val]
+    if not tr:
+        raise UsageError("no training scenes left after removing the validation scenes")
+    return tr, val
+
+
+# ----------------------------------------------------------------------------- forward model, prior
+
+def degrade(z: np.ndarray, fm: ForwardModel) -> tuple[np.ndarray, np.ndarray]:
+    """(LR, MSI) of a (C, H, W) cube, noise-free (``hsfuse.degrade.degrade_cube`` when present)."""
+    from .. import degrade as D
+
+    if hasattr(D, "degrade_cube"):
+        try:
+            lr, msi = D.degrade_cube(z, fm.psf, fm.srf, None, None, 0)
+            return np.asarray(lr, np.float32), np.asarray(msi, np.float32)
+        except TypeError:  # signature still in flux: fall back to the exact definition below
+            pass
+    lr = spatial_degrade(z, fm.psf).astype(np.float32)
+    msi = np.einsum("mc,chw->mhw", fm.srf.astype(np.float32), z).astype(np.float32)
+    return lr, msi
+
+
+class RegressionDetailInjection:
+    """Fallback GSA-style detail injection (used only until hsfuse.models.classical lands).
+
+    Gains G (C x m) from a least-squares regression of the centred LR bands on
+    the centred MSI degraded to the LR grid (whole scene); then
+    Z = up(LR) + G (MSI - up(MSI_lr)) with bicubic ``up``.
+    """
+
+    halo_lr = 3
+
+    def __init__(self, psf: Psf):
+        self.psf = psf
+        self.gains: np.ndarray | None = None
+
+    def fit(self, lr: np.ndarray, msi_lr: np.ndarray) -> None:
+        c, m = lr.shape[0], msi_lr.shape[0]
+        y = lr.reshape(c, -1).astype(np.float64)
+        x = msi_lr.reshape(m, -1).astype(np.float64)
+        ok = np.isfinite(y).all(0) & np.isfinite(x).all(0)
+        y, x = y[:, ok], x[:, ok]
+        y = y - y.mean(1, keepdims=True)
+        x = x - x.mean(1, keepdims=True)
+        self.gains = np.linalg.solve(x @ x.T + 1e-9 * np.eye(m), x @ y.T).T  # (C, m)
+
+    def fuse_tile(self, lr: np.ndarray, msi: np.ndarray) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+
+        s = self.psf.scale
+        msi_lr = spatial_degrade(msi, self.psf)
+        up = lambda a: F.interpolate(torch.from_numpy(np.ascontiguousarray(a, np.float32))[None], scale_factor=s,
+                                     mode="bicubic", align_corners=False)[0].numpy()
+        detail = msi - up(msi_lr)
+        return (up(lr) + np.einsum("cm,mhw->chw", self.gains.astype(np.float32), detail)).astype(np.float32)
+
+
+def make_prior_fuser(fm: ForwardModel, bands: int):
+    """The detail-injection ("gsa") Fuser for this forward model (classical module, or the fallback)."""
+    try:
+        from ..fusion.base import FusionProblem
+        from ..models.classical import DetailInjection
+    except ImportError:
+        return RegressionDetailInjection(fm.psf)
+    problem = FusionProblem(scale=fm.scale, lr_bands=bands, msi_bands=fm.srf.shape[0], psf=fm.psf, srf=fm.srf)
+    return DetailInjection(problem)
+
+
+def gsa_prior(lr: np.ndarray, msi: np.ndarray, fm: ForwardModel) -> np.ndarray:
+    """The GSA estimate of a whole scene, fitted on the whole scene as at inference."""
+    try:
+        from ..fusion.base import FusionProblem
+        from ..models.classical import DetailInjection, fuse_arrays
+    except ImportError:
+        fuser = RegressionDetailInjection(fm.psf)
+        fuser.fit(lr, spatial_degrade(msi, fm.psf))
+        return fuser.fuse_tile(lr, msi)
+    problem = FusionProblem(scale=fm.scale, lr_bands=lr.shape[0], msi_bands=msi.shape[0], psf=fm.psf, srf=fm.srf)
+    return np.asarray(fuse_arrays(DetailInjection, lr, msi, problem), dtype=np.float32)
+
+
+def bicubic(lr: np.ndarray, scale: int) -> np.ndarray:
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(np.ascontiguousarray(lr, np.float32))[None]
+    return F.interpolate(t, scale_factor=scale, mode="bicubic", align_corners=False)[0].numpy()
+
+
+@dataclass
+class Scene:
+    name: str
+    hr: np.ndarray  # (C, H, W)
+    lr: np.ndarray  # (C, H/s, W/s)
+    msi: np.ndarray  # (m, H, W)
+    prior: np.ndarray | None  # (C, H, W)
+
+
+def load_scene(name: str, path: Path, fm: ForwardModel, prior: bool) -> Scene:
+    hr = read_hr(path)
+    s = fm.scale
+    h, w = (hr.shape[1] // s) * s, (hr.shape[2] // s) * s
+    hr = np.ascontiguousarray(hr[:, :h, :w])
+    if fm.srf.shape[1] != hr.shape[0]:
+        raise InputError(f"SRF has {fm.srf.shape[1]} bands but the cube has {hr.shape[0]}", path)
+    lr, msi = degrade(hr, fm)
+    pr = gsa_prior(lr, msi, fm) if prior else None
+    return Scene(name, hr, lr, msi, pr)
+
+
+def load_scenes(found: dict[str, Path], names: Sequence[str], fm: ForwardModel, prior: bool) -> list[Scene]:
+    return [load_scene(n, found[n], fm, prior) for n in names]
+
+
+# ----------------------------------------------------------------------------- batches
+
+def _awgn(x: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
+    power = float(np.mean(x.astype(np.float64) ** 2))
+    sigma = math.sqrt(power / (10 ** (snr_db / 10))) if power > 0 else 0.0
+    return (x + rng.normal(0.0, sigma, x.shape)).astype(np.float32)
+
+
+class PatchSampler:
+    """Random scale-aligned crops with flips / 90-degree rotations; state is one numpy Generator.
+
+    ``state()`` / ``set_state()`` make resumed runs draw exactly the same batches.
+    """
+
+    def __init__(self, scenes: Sequence[Scene], scale: int, patch: int = 64, batch: int = 8, seed: int = 0,
+                 noise_snr: float = 0.0, augment: bool = True):
+        if patch % scale:
+            raise UsageError(f"patch {patch} must be a multiple of the scale {scale}")
+        small = [s.name for s in scenes if min(s.hr.shape[1:]) < patch]
+        if small:
+            raise UsageError(f"scenes smaller than the patch {patch}: {', '.join(small)}")
+        self.scenes, self.scale, self.patch, self.batch = list(scenes), scale, patch, batch
+        self.noise_snr, self.augment = noise_snr, augment
+        self.rng = np.random.default_rng(seed)
+        # sample scenes by area so every pixel is equally likely
+        areas = np.array([s.hr.shape[1] * s.hr.shape[2] for s in self.scenes], dtype=np.float64)
+        self.p = areas / areas.sum()
+
+    def state(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
+
+    def _one(self) -> tuple[np.ndarray, ...]:
+        s, P = self.scale, self.patch
+        sc = self.scenes[int(self.rng.choice(len(self.scenes), p=self.p))]
+        H, W = sc.hr.shape[1:]
+        i = int(self.rng.integers(0, (H - P) // s + 1))
+        j = int(self.rng.integers(0, (W - P) // s + 1))
+        hs, ws = slice(i * s, i * s + P), slice(j * s, j * s + P)
+        ls, lw = slice(i, i + P // s), slice(j, j + P // s)
+        arrs = [sc.lr[:, ls, lw], sc.msi[:, hs, ws], sc.hr[:, hs, ws]]
+        arrs.append(sc.prior[:, hs, ws] if sc.prior is not None else np.zeros((0, P, P), np.float32))
+        if self.augment:
+            k = int(self.rng.integers(0, 4))
+            flip = bool(self.rng.integers(0, 2))
+            arrs = [np.rot90(a, k, axes=(1, 2)) for a in arrs]
+            if flip:
+                arrs = [a[:, :, ::-1] for a in arrs]
+        arrs = [np.ascontiguousarray(a, dtype=np.float32) for a in arrs]
+        if self.noise_snr > 0:
+            arrs[0] = _awgn(arrs[0], self.noise_snr, self.rng)
+            arrs[1] = _awgn(arrs[1], self.noise_snr, self.rng)
+        return tuple(arrs)
+
+    def next(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+        """(lr, msi, prior or None, hr) stacked over the batch."""
+        items = [self._one() for _ in range(self.batch)]
+        lr, msi, hr, pr = (np.stack([it[k] for it in items]) for k in range(4))
+        return lr, msi, (pr if pr.shape[1] else None), hr
+
+
+def synthetic_scenes(n: int = 3, bands: int = 8, size: int = 64, msi_bands: int = 3, scale: int = 4,
+                     seed: int = 0, prior: bool = True, texture: float = 1.0) -> tuple[list[Scene], ForwardModel]:
+    """Tiny smooth random scenes and a Gaussian forward model (tests, smoke runs)."""
+    rng = np.random.default_rng(seed)
+    srf = rng.uniform(0.0, 1.0, (msi_bands, bands))
+    srf /= srf.sum(1, keepdims=True)
+    fm = ForwardModel("synthetic", Psf.gaussian(scale), srf, "random", np.linspace(400, 700, bands))
+    scenes = []
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    texture_amp = float(texture)
+    k = 6  # more materials than MSI bands + 1: a linear regression cannot explain everything
+    for n_ in range(n):
+        maps = []
+        for _ in range(k):
+            smooth = 1.1 + np.sin(2 * np.pi * (rng.uniform(1, 6) * xx + rng.uniform(0, 1))) \
+                * np.cos(2 * np.pi * (rng.uniform(1, 6) * yy + rng.uniform(0, 1)))
+            texture = rng.uniform(0, 1, (size, size))
+            texture = (texture + np.roll(texture, 1, 0) + np.roll(texture, 1, 1)) / 3  # fine detail
+            maps.append(smooth * (1.0 + texture_amp * (texture - 0.5)))
+        ab = np.stack(maps)
+        ab /= ab.sum(0, keepdims=True)
+        lam = np.linspace(0, 1, bands)
+        spec = np.stack([0.5 + 0.4 * np.sin(2 * np.pi * (rng.uniform(0.5, 3) * lam + rng.uniform(0, 1))) for _ in range(k)])
+        hr = np.einsum("kc,khw->chw", spec, ab).astype(np.float32)
+        lr, msi = degrade(hr, fm)
+        pr = gsa_prior(lr, msi, fm) if prior else None
+        scenes.append(Scene(f"synthetic_{n_}", hr, lr, msi, pr))
+    return scenes, fm

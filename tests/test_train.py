@@ -1,0 +1,195 @@
+"""Training: config resolution, loss falls, exact resume, export -> load -> fuse, 2-process gloo DDP, CLI.
+
+Everything runs on tiny synthetic scenes (8 bands, 64x64, x4) written as .npy
+files by the fixture, with a small network (nf=8), so the file stays well under
+a minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from hsfuse.errors import ModelError, UsageError  # noqa: E402
+from hsfuse.train.config import TrainConfig  # noqa: E402
+from hsfuse.train.data import synthetic_scenes  # noqa: E402
+from hsfuse.train.loop import train  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def synth():
+    scenes, fm = synthetic_scenes(3, bands=8, size=48, scale=4, seed=0, prior=True)
+    return scenes, fm
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory, synth):
+    d = tmp_path_factory.mktemp("synth")
+    scenes, fm = synth
+    (d / "scenes").mkdir()
+    for sc in scenes:
+        np.save(d / "scenes" / f"{sc.name}.npy", sc.hr)
+    np.save(d / "srf.npy", fm.srf)
+    return d
+
+
+def tiny(tmp_path: Path, **kw) -> TrainConfig:
+    base = dict(steps=12, batch=2, patch=16, lr=2e-3, warmup=2, checkpoint_every=6, val_every=100, nf=8, heads=2,
+                attn_window=3, out_dir=str(tmp_path / "run"), seed=3, validation_scenes=("synthetic_2",))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_config_defaults_file_flags(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('[train]\nsteps = 77\nbatch = 4\nprotocol = "cave-mhf-x32"\n[train.loss_weights]\nsam = 0.2\n')
+    cfg = TrainConfig.resolve(toml, {"batch": 2, "seed": None})
+    assert (cfg.steps, cfg.batch, cfg.protocol, cfg.seed) == (77, 2, "cave-mhf-x32", 0)
+    assert cfg.weights["sam"] == 0.2 and cfg.weights["l1"] == 1.0
+    assert cfg.validation_scenes == ("fake_and_real_peppers", "oil_painting", "stuffed_toys")
+    toml.write_text("stepz = 3\n")
+    with pytest.raises(UsageError, match="stepz"):
+        TrainConfig.resolve(toml)
+    with pytest.raises(UsageError):
+        TrainConfig(model="teacher", distill=True)
+
+
+def test_loss_falls(tmp_path, synth):
+    scenes, fm = synth
+    cfg = tiny(tmp_path, steps=60, batch=4, prior=False, lr=1e-2, warmup=4, checkpoint_every=60)
+    res = train(cfg, scenes=scenes[:2], val_scenes=scenes[2:], fm=fm)
+    first, last = np.mean(res.loss_history[:10]), np.mean(res.loss_history[-10:])
+    assert last < 0.9 * first, (first, last)
+    assert {"model", "gsa", "bicubic"} <= set(res.validation)
+    log = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert log[0].startswith("step,loss") and len(log) == 61
+    assert json.loads((tmp_path / "run" / "log.json").read_text())["result"]["steps"] == 60
+
+
+def test_resume_is_exact(tmp_path, synth):
+    scenes, fm = synth
+    a = train(tiny(tmp_path / "a", distill=True), scenes=scenes[:2], val_scenes=[], fm=fm)
+    cfg_b = tiny(tmp_path / "b", distill=True, stop_after=6)
+    b1 = train(cfg_b, scenes=scenes[:2], val_scenes=[], fm=fm)
+    assert b1.steps == 6
+    b2 = train(replace(cfg_b, stop_after=0, resume=True), scenes=scenes[:2], val_scenes=[], fm=fm)
+    assert b2.steps == 12
+    assert a.loss_history == b2.loss_history  # bit-identical losses
+    pa = torch.load(tmp_path / "a" / "run" / "checkpoint.pt", weights_only=False)["model"]
+    pb = torch.load(tmp_path / "b" / "run" / "checkpoint.pt", weights_only=False)["model"]
+    assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
+    assert any(k.startswith("teacher.") for k in pa)  # online KD trained a teacher too
+
+
+def test_export_load_fuse_roundtrip(tmp_path, synth):
+    from hsfuse.fusion.base import FusionProblem
+    from hsfuse.models.classical import fuse_arrays
+    from hsfuse.models.csakd_fuser import CSAKDFuser
+    from hsfuse.train.loop import quick_metrics
+    from hsfuse.weights import load_weights
+
+    scenes, fm = synth
+    stem = tmp_path / "w" / "csakd-s-test"
+    cfg = tiny(tmp_path, export=str(stem), export_if_better=False, steps=6)
+    res = train(cfg, scenes=scenes[:2], val_scenes=scenes[2:], fm=fm)
+    assert res.exported and res.export_skipped is None
+    state, rec = load_weights(stem)
+    for key in ("architecture", "kwargs", "bands", "wavelengths", "msi_bands", "srf", "srf_name", "scales", "protocol",
+                "training_data", "validation_scenes", "steps", "device", "cpu_seconds", "git_commit",
+                "validation_metrics", "notes", "sha256"):
+        assert key in rec, key
+    assert rec["bands"] == 8 and rec["msi_bands"] == 3 and rec["scales"] == [4] and rec["steps"] == 6
+    assert rec["training_data"]["scenes"] == ["synthetic_0", "synthetic_1"] and rec["validation_scenes"] == ["synthetic_2"]
+    assert {"model", "gsa", "bicubic"} <= set(rec["validation_metrics"])
+    assert stem.with_suffix(".safetensors").stat().st_size < 5e6
+
+    sc = scenes[2]
+    problem = FusionProblem(scale=4, lr_bands=8, msi_bands=3, psf=fm.psf, srf=fm.srf, options={"weights": str(stem)})
+    fuser = CSAKDFuser(problem)
+    assert fuser.halo_lr >= fuser.net.receptive_radius_hr(4) / 4 and fuser.describe()["halo_bound_lr"] == fuser.halo_lr
+    assert CSAKDFuser(replace(problem, options={"weights": str(stem), "halo_lr": 3})).halo_lr == 3
+    out = fuse_arrays(fuser, sc.lr, sc.msi, problem)  # fit + mirrored halo, as the tiling engine does
+    assert out.shape == sc.hr.shape and np.isfinite(out).all()
+    # the loaded network reproduces the training-time validation of the exported weights
+    got = quick_metrics(sc.hr, out, 4)["psnr"]
+    assert abs(got - rec["validation_metrics"]["model"]["scenes"]["synthetic_2"]["psnr"]) < 0.5
+    with pytest.raises(ModelError, match="bands"):
+        CSAKDFuser(FusionProblem(scale=4, lr_bands=9, msi_bands=3, options={"weights": str(stem)}))
+    with pytest.raises(ModelError, match="scale"):
+        CSAKDFuser(FusionProblem(scale=8, lr_bands=8, msi_bands=3, options={"weights": str(stem)}))
+
+
+def test_export_skipped_when_not_better_than_gsa(tmp_path, synth):
+    from hsfuse.models.csakd import build_csakd
+    from hsfuse.train.export import export_run
+    from hsfuse.train.loop import TrainResult
+
+    scenes, fm = synth
+    val = {"model": {"mean": {"psnr": 40.0}}, "gsa": {"mean": {"psnr": 41.0}}}
+    res = TrainResult(10, str(tmp_path), 1.0, 1.0, "cpu", 1, 0.1, validation=val)
+    net = build_csakd("student", 8, 3, nf=8, heads=2)
+    stem = tmp_path / "w" / "never"
+    paths, why = export_run(tiny(tmp_path, export=str(stem)), net, fm, res, scenes[:2], scenes[2:])
+    assert paths == [] and "GSA" in why and not stem.with_suffix(".json").exists()
+    paths, why = export_run(tiny(tmp_path, export=str(stem), export_if_better=False), net, fm, res, scenes[:2], scenes[2:])
+    assert why is None and stem.with_suffix(".json").exists()
+
+
+def _toml(synth_dir: Path, out: Path, **extra) -> Path:
+    lines = [f'data = ["{synth_dir / "scenes"}"]', 'protocol = "custom"', "scale = 4", f'srf_file = "{synth_dir / "srf.npy"}"',
+             'validation_scenes = ["synthetic_2"]', "steps = 4", "batch = 2", "patch = 16", "nf = 8", "heads = 2",
+             "attn_window = 3", "warmup = 1", "threads = 1", "checkpoint_every = 2", "val_every = 100", f'out_dir = "{out}"']
+    lines += [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
+    p = out.parent / "run.toml"
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def test_ddp_two_processes_gloo(tmp_path, synth_dir):
+    cfg = _toml(synth_dir, tmp_path / "ddp")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29561",
+           "-m", "hsfuse.train.loop", str(cfg)]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout[p.stdout.index("{"):])
+    assert out["world"] == 2 and out["steps"] == 4
+    ck = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)
+    assert len(ck["sampler"]) == 2 and ck["sampler"][0] != ck["sampler"][1]  # each rank draws its own patches
+
+
+def test_cli_train_json(tmp_path, synth_dir):
+    from typer.testing import CliRunner
+
+    from hsfuse.cli import app
+
+    cfg = _toml(synth_dir, tmp_path / "cli")
+    r = CliRunner().invoke(app, ["train", "--config", str(cfg), "--steps", "3", "--json", "-q",
+                                 "--export", str(tmp_path / "w" / "x"), "--export-always"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["steps"] == 3 and out["config"]["steps"] == 3 and out["exported"]
+    assert (tmp_path / "w" / "x.json").exists()
+    r = CliRunner().invoke(app, ["train", "--config", str(cfg), "--model", "big"])
+    assert r.exit_code == 2
+    r = CliRunner().invoke(app, ["train", "--config", str(cfg), "--resume", "--out-dir", str(tmp_path / "nothing")])
+    assert r.exit_code == 1 and "checkpoint" in r.output
