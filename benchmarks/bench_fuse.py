@@ -144,8 +144,7 @@ def per_scene(rows: list[dict]) -> str:
 
 
 def write_markdown(speed: list[dict], quality: list[dict], path: Path) -> None:
-    lines = ["<!-- fuse:start (written by benchmarks/bench_fuse.py; do not edit by hand) -->",
-             "## Classical fusion methods (`benchmarks/bench_fuse.py`)", "",
+    lines = ["## Classical fusion methods (`benchmarks/bench_fuse.py`)", "",
              f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
              f"CPU only, {time.strftime('%Y-%m-%d')}. Files on local disk, ×8, 31 bands + 3-band RGB; "
              "times are medians of the repeats; peak RSS of the whole process (Python + torch included).", ""]
@@ -167,13 +166,18 @@ def write_markdown(speed: list[dict], quality: list[dict], path: Path) -> None:
                              f"{np.mean([r['sam'] for r in sel]):.2f} | {np.mean([r['ergas'] for r in sel]):.3f} | "
                              f"{per_scene(sel)} | {np.median([r['seconds'] for r in sel]):.2f} |")
         lines.append("")
-    lines.append("<!-- fuse:end -->")
-    section = "\n".join(lines)
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nProduced by the scripts in `benchmarks/`; rerun them to refresh.\n\n"
-    if "<!-- fuse:start" in text:
-        head, rest = text.split("<!-- fuse:start", 1)
-        tail = rest.split("<!-- fuse:end -->", 1)[1]
-        text = head + section + tail
+    replace_section(path, "fuse", "\n".join(lines) + "\n")
+
+
+def replace_section(path: Path, key: str, body: str) -> None:
+    """Put ``body`` between ``<!-- key:start -->`` / ``<!-- key:end -->`` markers in ``path`` (other sections kept)."""
+    start, end = f"<!-- {key}:start (written by benchmarks/; rerun the script to refresh) -->", f"<!-- {key}:end -->"
+    section = f"{start}\n{body}{end}"
+    text = path.read_text() if path.exists() else ("# Benchmarks\n\nProduced by the scripts in `benchmarks/`; "
+                                                   "rerun them to refresh. Quote ratios, not absolute CPU times.\n")
+    if f"<!-- {key}:start" in text:
+        head, rest = text.split(f"<!-- {key}:start", 1)
+        text = head + section + rest.split(end, 1)[1]
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     path.write_text(text)
