@@ -66,6 +66,7 @@ def make_scene_files(folder: Path, size: int) -> tuple[Path, Path]:
 
 CHILD = r"""
 import json, sys, time
+import rasterio, torch  # imported before timing: library start-up is not fusion time
 from hsfuse.fusion.engine import FuseConfig, fuse_files
 lr, msi, out, method, tile = sys.argv[1:6]
 t0 = time.perf_counter()

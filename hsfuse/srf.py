@@ -435,4 +435,23 @@ def srf_from_matrix(matrix: np.ndarray, wavelengths: np.ndarray | None = None, b
     return Srf(mat, list(names), _centroids(mat, wl), source, "", np.ones(mat.shape[0]), None)
 
 
-__all__ = ["Srf", "BuiltinSrf", "builtin_srfs", "load_srf", "srf_from_matrix", "load_mat_vars"]
+__all__ = ["Srf", "BuiltinSrf", "builtin_srfs", "load_srf", "srf_from_matrix", "load_mat_vars", "srf_summary"]
+
+
+def srf_summary(srf, wavelengths) -> dict:
+    """Per-MSI-band centroid and RMS width (nm) of an SRF matrix, plus a digest to recognise it.
+
+    Weights records keep this instead of the matrix (which may be third-party data); `fuse`
+    compares it with the SRF of the inputs before choosing a pretrained model.
+    """
+    import hashlib
+
+    m = np.asarray(srf, dtype=np.float64)
+    out = {"shape": list(m.shape), "sha256": hashlib.sha256(np.ascontiguousarray(m).tobytes()).hexdigest()}
+    if wavelengths is not None:
+        wl = np.asarray(wavelengths, dtype=np.float64)
+        w = m / m.sum(1, keepdims=True)
+        c = w @ wl
+        out["centroid_nm"] = [round(float(v), 2) for v in c]
+        out["rms_width_nm"] = [round(float(v), 2) for v in np.sqrt(np.maximum(w @ wl**2 - c**2, 0))]
+    return out

@@ -176,3 +176,31 @@ def test_streamed_fuse_stays_under_a_memory_budget(tmp_path):
         assert src.shape == (bands, size, size)
         corner = src.read(Window(size - 64, size - 64, 64, 64))
     assert np.isfinite(corner).all()
+
+
+def _cave_like_pair():
+    wl = np.arange(400.0, 701.0, 10.0)
+    lr = ArraySource(np.random.default_rng(0).random((31, 8, 8), dtype=np.float32), CubeMeta(wavelengths=wl))
+    msi = ArraySource(np.random.default_rng(1).random((3, 64, 64), dtype=np.float32))
+    return lr, msi, wl
+
+
+@pytest.mark.skipif(not registry.get_model("csakd-s").available, reason="no csakd-s weights installed")
+def test_default_model_is_classical_unless_the_srf_is_the_training_one():
+    from hsfuse.srf import load_srf
+
+    lr, msi, wl = _cave_like_pair()
+    plan = engine.make_plan(lr, msi, FuseConfig())
+    assert plan.model.name == "gsa" and "SRF is unknown" in plan.model_reason
+    other = load_srf("nikon-5100", wl, 31).matrix
+    plan = engine.make_plan(lr, msi, FuseConfig(srf=other))
+    assert plan.model.name == "gsa" and "differs from the training SRF" in plan.model_reason
+    assert engine.make_plan(lr, msi, FuseConfig(model="csakd-s", srf=other)).model.name == "csakd-s"  # asked for: allowed
+
+
+@pytest.mark.shared
+@pytest.mark.skipif(not registry.get_model("csakd-s").available, reason="no csakd-s weights installed")
+def test_default_model_is_the_pretrained_one_under_its_protocol(shared_data):
+    lr, msi, _ = _cave_like_pair()
+    plan = engine.make_plan(lr, msi, FuseConfig(protocol="cave-gauss-x8"))
+    assert plan.model.name == "csakd-s" and plan.weights.name == "csakd-s-cave-gauss-x8.safetensors"

@@ -151,14 +151,50 @@ def select_weights(entry: ModelEntry, lr: CubeSource, msi: CubeSource, scale: in
     return None, "; ".join(reasons)
 
 
-def choose_model(lr: CubeSource, msi: CubeSource, scale: int) -> tuple[ModelEntry, Path | None, str]:
-    """A pretrained model when one fits the bands, wavelengths and scale, else detail injection."""
+def _srf_mismatch(rec: dict[str, Any], srf: np.ndarray | None, protocol: str | None,
+                  wavelengths: np.ndarray | None, tol_nm: float = 10.0) -> str | None:
+    """None if the inputs' SRF is known to be the training one, else why not.
+
+    A network is trained for one camera response; on another (or an unknown one) the
+    classical regression, which adapts to each scene, is the safer default.
+    """
+    from ..srf import srf_summary
+
+    if protocol is not None and protocol.lower() == str(rec.get("protocol", "")).lower():
+        return None
+    trained = rec.get("srf_summary") or {}
+    if srf is None:
+        return f"the MSI's SRF is unknown (give --protocol {rec.get('protocol')} or --srf to use it)"
+    wl = wavelengths if wavelengths is not None else rec.get("wavelengths")
+    given = srf_summary(srf, wl)
+    if given["sha256"] == trained.get("sha256"):
+        return None
+    if "centroid_nm" in given and "centroid_nm" in trained and len(given["centroid_nm"]) == len(trained["centroid_nm"]):
+        dc = np.abs(np.subtract(given["centroid_nm"], trained["centroid_nm"])).max()
+        dw = np.abs(np.subtract(given["rms_width_nm"], trained["rms_width_nm"])).max()
+        if dc <= tol_nm and dw <= tol_nm:
+            return None
+        return f"the MSI's SRF differs from the training SRF (band centroids/widths off by up to {max(dc, dw):.0f} nm)"
+    return "the MSI's SRF cannot be compared with the training SRF"
+
+
+def choose_model(lr: CubeSource, msi: CubeSource, scale: int, srf: np.ndarray | None = None,
+                 protocol: str | None = None) -> tuple[ModelEntry, Path | None, str]:
+    """A pretrained model when one fits the bands, wavelengths, scale and SRF, else detail injection."""
+    from ..weights import read_record
+
+    reasons = []
     for entry in list_models():
         if entry.kind == "supervised" and entry.available:
             path, why = select_weights(entry, lr, msi, scale)
-            if path is not None:
-                return entry, path, f"pretrained '{entry.name}' chosen: {why}"
-    return get_model("gsa"), None, "no pretrained model fits these inputs; using classical detail injection 'gsa'"
+            if path is None:
+                continue
+            mismatch = _srf_mismatch(read_record(path), srf, protocol, lr.meta.wavelengths)
+            if mismatch is None:
+                return entry, path, f"pretrained '{entry.name}' chosen: {why} and the SRF matches its training SRF"
+            reasons.append(f"'{entry.name}' not used: {mismatch}")
+    tail = f" ({'; '.join(reasons)})" if reasons else ""
+    return get_model("gsa"), None, f"no pretrained model fits these inputs{tail}; using classical detail injection 'gsa'"
 
 
 def _is_json_spec(spec: str) -> bool:
@@ -214,8 +250,9 @@ def resolve_psf_srf(cfg: FuseConfig, scale: int, lr: CubeSource, msi: CubeSource
 def make_plan(lr: CubeSource, msi: CubeSource, cfg: FuseConfig) -> FusePlan:
     named = get_model(cfg.model) if cfg.model is not None else None  # a typo is a usage error, found first
     scale = infer_scale(lr, msi)
+    psf, psf_source, srf, srf_source = resolve_psf_srf(cfg, scale, lr, msi)
     if named is None:
-        entry, weights, reason = choose_model(lr, msi, scale)
+        entry, weights, reason = choose_model(lr, msi, scale, srf, cfg.protocol)
     else:
         entry = named
         weights, reason = None, "chosen with --model"
@@ -223,7 +260,6 @@ def make_plan(lr: CubeSource, msi: CubeSource, cfg: FuseConfig) -> FusePlan:
             weights, why = select_weights(entry, lr, msi, scale)
             if weights is None:
                 raise ModelError(f"model '{entry.name}' cannot take these inputs: {why}", lr.path)
-    psf, psf_source, srf, srf_source = resolve_psf_srf(cfg, scale, lr, msi)
     if srf is None and entry.needs_srf:
         srf_source = "estimated from the inputs by least squares"
     if cfg.tile < 1:

@@ -20,6 +20,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..srf import srf_summary
+
 from .config import TrainConfig
 
 
@@ -109,17 +111,3 @@ def export_run(cfg: TrainConfig, net, fm, result, train_scenes: Sequence, val_sc
     paths = save_weights(stem, state, rec)
     return [str(p) for p in paths], None
 
-
-def srf_summary(srf, wavelengths) -> dict:
-    """Per-MSI-band centroid and RMS width (nm) of an SRF matrix, plus a digest to recognise it."""
-    import hashlib
-
-    m = np.asarray(srf, dtype=np.float64)
-    out = {"shape": list(m.shape), "sha256": hashlib.sha256(np.ascontiguousarray(m).tobytes()).hexdigest()}
-    if wavelengths is not None:
-        wl = np.asarray(wavelengths, dtype=np.float64)
-        w = m / m.sum(1, keepdims=True)
-        c = w @ wl
-        out["centroid_nm"] = [round(float(v), 2) for v in c]
-        out["rms_width_nm"] = [round(float(v), 2) for v in np.sqrt(np.maximum(w @ wl**2 - c**2, 0))]
-    return out
