@@ -1,4 +1,4 @@
-"""``NetworkFuser``: trained MFTN / HyFusion / MulSR networks behind the ``Fuser`` interface.
+"""``NetworkFuser``: trained networks (CSAKD, MFTN, HyFusion, MulSR) behind the ``Fuser`` interface.
 
     $ hsfuse fuse lr.hdr msi.tif -o out.hdr --model mftn --opt weights=weights/mftn-cave-gauss-x8
 
@@ -10,7 +10,7 @@ weights stems, the installed stem whose record lists the inputs' scale. The
 record must match the inputs (band counts, scale) or a ``ModelError`` says what
 does not fit. With a ``prior=True`` network, ``fit`` fits the classical
 detail-injection (GSA) on the whole scene and ``fuse_tile`` refines that
-method's tile estimate, as ``CSAKDFuser`` does.
+method's tile estimate.
 
 ``halo_lr`` is the network's receptive radius (``receptive_radius_hr``, an
 upper bound) in LR pixels plus the prior's halo; a record may carry a smaller
@@ -50,6 +50,10 @@ def architecture_class(name: str) -> type:
 
 def build_network(architecture: str, kwargs: dict[str, Any] | None = None):
     """Build an untrained network by architecture name; ``kwargs`` as in a record (``net.config``)."""
+    if architecture.startswith("csakd-"):  # teacher/student share one class, the kind is in the name
+        from .csakd import build_from_record as build_csakd
+
+        return build_csakd(architecture, dict(kwargs or {}))
     return architecture_class(architecture)(**dict(kwargs or {}))
 
 
