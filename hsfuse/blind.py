@@ -65,6 +65,7 @@ import numpy as np
 
 from .degrade import Psf, gaussian_kernel, spatial_degrade
 from .errors import InputError, UsageError
+from .estimate import golden_min
 
 __all__ = [
     "BlindEstimate", "estimate_blind", "estimate_psf_kernel", "fit_gaussian_sigma", "save_estimate",
@@ -289,43 +290,7 @@ def fit_gaussian_sigma(kernel: np.ndarray) -> tuple[float, tuple[float, float]]:
         a = float((g * kern).sum() / (g * g).sum())
         return float(((kern - a * g) ** 2).sum())
 
-    grid = np.linspace(0.15, max(k / 2.0, 0.5), 60)
-    costs = [cost(v) for v in grid]
-    j = int(np.argmin(costs))
-    lo, hi = grid[max(j - 1, 0)], grid[min(j + 1, len(grid) - 1)]
-    gr = (math.sqrt(5) - 1) / 2
-    x1, x2 = hi - gr * (hi - lo), lo + gr * (hi - lo)
-    f1, f2 = cost(x1), cost(x2)
-    for _ in range(40):
-        if f1 < f2:
-            hi, x2, f2 = x2, x1, f1
-            x1 = hi - gr * (hi - lo)
-            f1 = cost(x1)
-        else:
-            lo, x1, f1 = x1, x2, f2
-            x2 = lo + gr * (hi - lo)
-            f2 = cost(x2)
-    return float((lo + hi) / 2), (cy, cx)
-
-
-def _golden(f: Callable[[float], float], grid: np.ndarray, steps: int) -> float:
-    """argmin of f over a grid, refined by golden-section search between the best point's neighbours."""
-    costs = [f(float(v)) for v in grid]
-    j = int(np.argmin(costs))
-    lo, hi = float(grid[max(j - 1, 0)]), float(grid[min(j + 1, len(grid) - 1)])
-    gr = (math.sqrt(5) - 1) / 2
-    x1, x2 = hi - gr * (hi - lo), lo + gr * (hi - lo)
-    f1, f2 = f(x1), f(x2)
-    for _ in range(steps):
-        if f1 < f2:
-            hi, x2, f2 = x2, x1, f1
-            x1 = hi - gr * (hi - lo)
-            f1 = f(x1)
-        else:
-            lo, x1, f1 = x1, x2, f2
-            x2 = lo + gr * (hi - lo)
-            f2 = f(x2)
-    return (lo + hi) / 2
+    return float(golden_min(cost, np.linspace(0.15, max(k / 2.0, 0.5), 60), steps=40)), (cy, cx)
 
 
 def _residual(lr: np.ndarray, msi_lr: np.ndarray, srf: np.ndarray, mask: np.ndarray) -> float:
@@ -395,7 +360,7 @@ def estimate_blind(lr: np.ndarray, msi: np.ndarray, scale: int | None = None, *,
         def gcost(sig: float) -> float:
             return joint_cost(Psf(gaussian_kernel(k, sig), s, pad=r))[0]
 
-        sig0 = _golden(gcost, s * np.linspace(0.1, 1.2, 10), 8)
+        sig0 = golden_min(gcost, s * np.linspace(0.1, 1.2, 10), steps=8)
         kern = gaussian_kernel(k, sig0)
     history: list[float] = []
     res, R = joint_cost(Psf(kern, s, pad=r))

@@ -158,24 +158,27 @@ def estimate_psf_sigma(
 
     if sigmas is None:
         sigmas = s * np.linspace(0.1, 1.5, 15)
-    sigmas = np.asarray(sigmas, dtype=np.float64)
-    costs = np.array([cost(float(v)) for v in sigmas])
-    k = int(np.argmin(costs))
-    if not refine or len(sigmas) < 3:
-        return float(sigmas[k])
-    lo = sigmas[max(k - 1, 0)]
-    hi = sigmas[min(k + 1, len(sigmas) - 1)]
+    return golden_min(cost, np.asarray(sigmas, dtype=np.float64), steps=12, refine=refine)
+
+
+def golden_min(f, grid: np.ndarray, steps: int, refine: bool = True) -> float:
+    """argmin of a 1-D cost over ``grid``, refined by golden-section search between the best point's neighbours."""
+    costs = [f(float(v)) for v in grid]
+    j = int(np.argmin(costs))
+    if not refine or len(grid) < 3:
+        return float(grid[j])
+    lo, hi = float(grid[max(j - 1, 0)]), float(grid[min(j + 1, len(grid) - 1)])
     gr = (math.sqrt(5) - 1) / 2
-    a, bb = lo, hi
-    x1, x2 = bb - gr * (bb - a), a + gr * (bb - a)
-    f1, f2 = cost(x1), cost(x2)
-    for _ in range(12):
+    x1, x2 = hi - gr * (hi - lo), lo + gr * (hi - lo)
+    f1, f2 = f(x1), f(x2)
+    for _ in range(steps):
         if f1 < f2:
-            bb, x2, f2 = x2, x1, f1
-            x1 = bb - gr * (bb - a)
-            f1 = cost(x1)
+            hi, x2, f2 = x2, x1, f1
+            x1 = hi - gr * (hi - lo)
+            f1 = f(x1)
         else:
-            a, x1, f1 = x1, x2, f2
-            x2 = a + gr * (bb - a)
-            f2 = cost(x2)
-    return float((a + bb) / 2)
+            lo, x1, f1 = x1, x2, f2
+            x2 = lo + gr * (hi - lo)
+            f2 = f(x2)
+    return (lo + hi) / 2
+
