@@ -46,6 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .common import check_inputs, residual_base
+
 ARCHITECTURES = ("csakd-teacher", "csakd-student")
 
 
@@ -192,20 +194,10 @@ class CSAKDNet(nn.Module):
 
     def forward(self, lr: torch.Tensor, msi: torch.Tensor, prior: torch.Tensor | None = None,
                 return_features: bool = False):
-        b, c, h, w = lr.shape
+        s = check_inputs(lr, msi, self.bands, self.msi_bands)
         H, W = msi.shape[-2:]
-        if c != self.bands or msi.shape[1] != self.msi_bands:
-            raise ValueError(f"network expects {self.bands}+{self.msi_bands} bands, got {c}+{msi.shape[1]}")
-        if H % h or W % w or H // h != W // w:
-            raise ValueError(f"MSI {H}x{W} is not an integer multiple of the LR {h}x{w}")
-        s = H // h
         up = F.interpolate(lr, size=(H, W), mode="bicubic", align_corners=False)
-        if self.prior:
-            if prior is None:
-                raise ValueError("this network was built with prior=True: pass prior=(B, C, H, W)")
-            base = prior
-        else:
-            base = up
+        base = residual_base(up, prior, self.prior)
         msi_lr = F.avg_pool2d(msi, s) if s > 1 else msi
         fa = self.s_hr(torch.cat([base, msi], 1))
         fb = self.s_lr(torch.cat([lr, msi_lr], 1))

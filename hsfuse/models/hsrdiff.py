@@ -43,6 +43,7 @@ from torch import nn
 from ..errors import ModelError, UsageError
 from ..fusion.base import Fuser, FusionProblem
 from . import diffusion as D
+from .common import check_inputs
 
 ARCHITECTURES = ("hsrdiff-cdformer",)
 DEFAULT_KWARGS = {"width": 64, "depth": 4, "heads": 4, "window": 8, "ffn_expansion": 2.0, "emb_dim": 128}
@@ -266,12 +267,8 @@ class CDFormer(nn.Module):
 
     # -- the two streams
     def encode(self, lr: torch.Tensor, msi: torch.Tensor, origin: Origin = (0, 0)) -> Conditions:
-        b, c, h, w = lr.shape
+        check_inputs(lr, msi, self.bands, self.msi_bands)
         H, W = msi.shape[-2:]
-        if c != self.bands or msi.shape[1] != self.msi_bands:
-            raise ValueError(f"network expects {self.bands}+{self.msi_bands} bands, got {c}+{msi.shape[1]}")
-        if H % h or W % w or H // h != W // w:
-            raise ValueError(f"MSI {H}x{W} is not an integer multiple of the LR {h}x{w}")
         base = F.interpolate(lr, size=(H, W), mode="bicubic", align_corners=False)
         f = self.cond_embed(torch.cat([base, msi], 1)).permute(0, 2, 3, 1)
         feats = []

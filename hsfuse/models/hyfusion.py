@@ -46,7 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .mftn import LayerNorm2d, check_inputs
+from .common import check_inputs, residual_base
+from .mftn import LayerNorm2d
 
 __all__ = ["HyFusion", "ERFB", "ISTL", "hyfusion_loss", "DEFAULT_LOSS_WEIGHTS"]
 
@@ -182,12 +183,7 @@ class HyFusion(nn.Module):
         s = check_inputs(lr, msi, self.bands, self.msi_bands)
         H, W = msi.shape[-2:]
         h, w = lr.shape[-2:]
-        if self.prior:
-            if prior is None:
-                raise ValueError("this network was built with prior=True: pass prior=(B, C, H, W)")
-            base = prior
-        else:
-            base = F.interpolate(lr, size=(H, W), mode="bicubic", align_corners=False)
+        base = residual_base(F.interpolate(lr, size=(H, W), mode="bicubic", align_corners=False), prior, self.prior)
         msi_lr = F.avg_pool2d(msi, s) if s > 1 else msi
         msi_hp = msi - F.interpolate(msi_lr, size=(H, W), mode="bicubic", align_corners=False) if s > 1 else torch.zeros_like(msi)
         spec_hf = lr[:, 1:] - lr[:, :-1] if self.bands > 1 else torch.zeros_like(lr)

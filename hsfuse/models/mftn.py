@@ -48,23 +48,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from .common import check_inputs, residual_base
 from torch import nn
 
 __all__ = ["MFTN", "IMatchFormer", "SAAM", "modulated_deform_conv2d", "mftn_loss", "DEFAULT_LOSS_WEIGHTS"]
 
 #: loss weights of :func:`mftn_loss` (docs/models/mftn.md says what each term substitutes)
 DEFAULT_LOSS_WEIGHTS = {"l1": 1.0, "grad": 0.1, "sam": 0.05, "transfer": 0.01}
-
-
-def check_inputs(lr: torch.Tensor, msi: torch.Tensor, bands: int, msi_bands: int) -> int:
-    """The integer scale of an (lr, msi) pair, or ValueError saying what does not fit."""
-    c, h, w = lr.shape[1:]
-    H, W = msi.shape[-2:]
-    if c != bands or msi.shape[1] != msi_bands:
-        raise ValueError(f"network expects {bands}+{msi_bands} bands, got {c}+{msi.shape[1]}")
-    if H % h or W % w or H // h != W // w:
-        raise ValueError(f"MSI {H}x{W} is not an integer multiple of the LR {h}x{w}")
-    return H // h
 
 
 def _pad_to(x: torch.Tensor, m: int) -> tuple[torch.Tensor, int, int]:
@@ -286,12 +277,7 @@ class MFTN(nn.Module):
         s = check_inputs(lr, msi, self.bands, self.msi_bands)
         H, W = msi.shape[-2:]
         up = F.interpolate(lr, size=(H, W), mode="bicubic", align_corners=False)
-        if self.prior:
-            if prior is None:
-                raise ValueError("this network was built with prior=True: pass prior=(B, C, H, W)")
-            base = prior
-        else:
-            base = up
+        base = residual_base(up, prior, self.prior)
         deg = F.interpolate(F.avg_pool2d(msi, s), size=(H, W), mode="bicubic", align_corners=False) if s > 1 else msi
         x_up, _, _ = _pad_to(up, 4)
         x_msi, _, _ = _pad_to(msi, 4)

@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .mftn import check_inputs
+from .common import check_inputs
 
 __all__ = ["MulSR", "MulSROutput", "SelectOutput", "DSCA", "mulsr_loss", "RECIPE"]
 

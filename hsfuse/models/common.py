@@ -1,0 +1,25 @@
+"""Small pieces every fusion network shares: input checks and the residual base."""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_inputs(lr: torch.Tensor, msi: torch.Tensor, bands: int, msi_bands: int) -> int:
+    """The integer scale of an (lr, msi) pair, or ValueError saying what does not fit."""
+    c, h, w = lr.shape[1:]
+    H, W = msi.shape[-2:]
+    if c != bands or msi.shape[1] != msi_bands:
+        raise ValueError(f"network expects {bands}+{msi_bands} bands, got {c}+{msi.shape[1]}")
+    if H % h or W % w or H // h != W // w:
+        raise ValueError(f"MSI {H}x{W} is not an integer multiple of the LR {h}x{w}")
+    return H // h
+
+
+def residual_base(up: torch.Tensor, prior: torch.Tensor | None, use_prior: bool) -> torch.Tensor:
+    """What the network adds its correction to: the classical prior (prior=True networks) or up(lr)."""
+    if not use_prior:
+        return up
+    if prior is None:
+        raise ValueError("this network was built with prior=True: pass prior=(B, C, H, W)")
+    return prior
