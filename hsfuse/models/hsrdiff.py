@@ -372,26 +372,11 @@ class HSRDiffFuser(Fuser):
     # -- weights
     def _load_network(self) -> tuple[CDFormer, dict[str, Any]]:
         """(network, record) from ``weights``; tests override this to build an untrained network."""
-        from ..weights import load_weights
+        from .zoo_fuser import load_checked
 
         if self.weights_path is None:
             raise ModelError("hsr-diff needs trained weights (not yet trained: none are shipped; see docs/models/hsr-diff.md)")
-        state, rec = load_weights(self.weights_path)
-        where = self.weights_path.with_suffix(".json")
-        p = self.problem
-        bands, msi_bands, scales = rec.get("bands"), rec.get("msi_bands"), [int(s) for s in rec.get("scales", [])]
-        if bands is not None and p.lr_bands != int(bands):
-            raise ModelError(f"weights were trained for {bands} hyperspectral bands, the LR cube has {p.lr_bands}", where)
-        if msi_bands is not None and p.msi_bands != int(msi_bands):
-            raise ModelError(f"weights were trained for a {msi_bands}-band MSI, the MSI has {p.msi_bands} bands", where)
-        if p.scale not in scales:
-            raise ModelError(f"weights were trained for scale x{', x'.join(map(str, scales))}, the inputs are x{p.scale}", where)
-        try:
-            net = build_from_record(rec["architecture"], rec["kwargs"])
-            net.load_state_dict(state, strict=True)
-        except (ValueError, TypeError, RuntimeError) as e:
-            raise ModelError(f"weights do not fit the recorded architecture: {' '.join(str(e).split())[:300]}", where) from None
-        return net, rec
+        return load_checked(self.weights_path, self.problem, build_from_record)
 
     # -- engine interface
     def fit(self, lr: np.ndarray, msi_lr: np.ndarray) -> None:

@@ -90,6 +90,32 @@ def _weights_for_scale(model: str, scale: int) -> Path:
     raise ModelError(f"no {model} weights trained for scale x{scale}{have}", weights_dir())
 
 
+def load_checked(weights_path: Path, problem: FusionProblem, build) -> tuple[Any, dict[str, Any]]:
+    """(network, record) for ``weights_path`` after checking the record against the inputs.
+
+    ``build(architecture, kwargs)`` makes the untrained network; any mismatch in band counts or
+    scale, or weights that do not fit the recorded architecture, is a ``ModelError`` naming the record.
+    """
+    from ..weights import load_weights
+
+    state, rec = load_weights(weights_path)
+    where = Path(weights_path).with_suffix(".json")
+    bands, msi_bands = rec.get("bands"), rec.get("msi_bands")
+    scales = [int(x) for x in rec.get("scales", [])]
+    if bands is not None and problem.lr_bands != int(bands):
+        raise ModelError(f"weights were trained for {bands} hyperspectral bands, the LR cube has {problem.lr_bands}", where)
+    if msi_bands is not None and problem.msi_bands != int(msi_bands):
+        raise ModelError(f"weights were trained for a {msi_bands}-band MSI, the MSI has {problem.msi_bands} bands", where)
+    if problem.scale not in scales:
+        raise ModelError(f"weights were trained for scale x{', x'.join(map(str, scales))}, the inputs are x{problem.scale}", where)
+    try:
+        net = build(rec["architecture"], rec["kwargs"])
+        net.load_state_dict(state, strict=True)
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise ModelError(f"weights do not fit the recorded architecture: {' '.join(str(e).split())[:300]}", where) from None
+    return net, rec
+
+
 class NetworkFuser(Fuser):
     """Any network of :data:`ARCHITECTURES` with trained weights; optionally refining the GSA estimate."""
 
@@ -98,39 +124,17 @@ class NetworkFuser(Fuser):
     def __init__(self, problem: FusionProblem, device: str = "cpu", precision: str = "fp32",
                  weights: str | Path | None = None):
         super().__init__(problem, device, precision)
-        from ..weights import load_weights
-
         if precision not in ("fp32", "bf16", "fp16"):
             raise ModelError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
         stem = weights or problem.options.get("weights") or _weights_for_scale(self.name, problem.scale)
         self.weights_path = Path(stem)
-        state, rec = load_weights(self.weights_path)
-        self.record = rec
-        where = self.weights_path.with_suffix(".json")
-        bands, msi_bands = rec.get("bands"), rec.get("msi_bands")
-        scales = [int(x) for x in rec.get("scales", [])]
-        if bands is not None and problem.lr_bands != bands:
-            raise ModelError(f"weights were trained for {bands} hyperspectral bands, "
-                             f"the LR cube has {problem.lr_bands}", where)
-        if msi_bands is not None and problem.msi_bands != msi_bands:
-            raise ModelError(f"weights were trained for a {msi_bands}-band MSI, "
-                             f"the MSI has {problem.msi_bands} bands", where)
-        if problem.scale not in scales:
-            raise ModelError(f"weights were trained for scale x{', x'.join(map(str, scales))}, the inputs are x{problem.scale}", where)
-        if problem.srf is not None and rec.get("srf") is not None:
-            if np.asarray(rec["srf"]).shape != np.asarray(problem.srf).shape:
-                raise ModelError(f"SRF shape {np.asarray(problem.srf).shape} differs from the trained one {np.asarray(rec['srf']).shape}", where)
-        try:
-            self.net = build_network(rec["architecture"], rec["kwargs"])
-            self.net.load_state_dict(state, strict=True)
-        except (ValueError, TypeError, RuntimeError) as e:
-            raise ModelError(f"weights do not fit the recorded architecture: {' '.join(str(e).split())[:300]}", where) from None
+        self.net, self.record = load_checked(self.weights_path, problem, build_network)
         self.net.to(device).eval()
         self.prior_fuser = self._make_prior() if getattr(self.net, "prior", False) else None
         net_halo = int(math.ceil(self.net.receptive_radius_hr(problem.scale) / problem.scale))
         prior_halo = int(getattr(self.prior_fuser, "halo_lr", 0)) if self.prior_fuser is not None else 0
         self.halo_bound = net_halo + prior_halo
-        measured = rec.get("halo_lr", {}).get(str(problem.scale)) if isinstance(rec.get("halo_lr"), dict) else None
+        measured = self.record.get("halo_lr", {}).get(str(problem.scale)) if isinstance(self.record.get("halo_lr"), dict) else None
         self.halo_lr = int(problem.options.get("halo_lr", measured if measured is not None else self.halo_bound))
 
     def _make_prior(self):
