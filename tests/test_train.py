@@ -193,3 +193,64 @@ def test_cli_train_json(tmp_path, synth_dir):
     assert r.exit_code == 2
     r = CliRunner().invoke(app, ["train", "--config", str(cfg), "--resume", "--out-dir", str(tmp_path / "nothing")])
     assert r.exit_code == 1 and "checkpoint" in r.output
+
+
+# ----------------------------------------------------------------------------- the other trainable models
+
+ZOO_KW = {
+    "mftn": {"nf": 8, "heads": 2},
+    "hyfusion": {"nf": 8, "heads": 2, "window": 4, "blocks": 1, "layers": 1},
+    "mulsr": {"nf": 8, "blocks": 1, "context": 3},
+    "hsr-diff": {"width": 8, "depth": 2, "heads": 2, "window": 4, "emb_dim": 16},
+}
+
+
+@pytest.mark.parametrize("model,prior", [(m, False) for m in sorted(ZOO_KW)] + [("hsr-diff", True), ("mftn", True)])
+def test_zoo_model_trains_exports_and_fuses(tmp_path, synth, model, prior):
+    """Every trainable model: trains (prior off and on), the export loads in its registry
+    fuser (which rebuilds the GSA prior per tile when the network refines it) and reproduces validation."""
+    from hsfuse.fusion.base import FusionProblem
+    from hsfuse.models.classical import fuse_arrays
+    from hsfuse.models.hsrdiff import HSRDiffFuser
+    from hsfuse.models.zoo_fuser import HyFusionFuser, MFTNFuser, MulSRFuser
+    from hsfuse.train.loop import quick_metrics
+    from hsfuse.weights import load_weights
+
+    scenes, fm = synth
+    stem = tmp_path / "w" / f"{model}-test"
+    cfg = tiny(tmp_path, model=model, model_kwargs=ZOO_KW[model], nf=0, heads=0, steps=40, batch=4, lr=3e-3, prior=prior,
+               warmup=2, checkpoint_every=40, export=str(stem), export_if_better=False, val_steps=2)
+    res = train(cfg, scenes=scenes[:2], val_scenes=scenes[2:], fm=fm)
+    first, last = np.mean(res.loss_history[:8]), np.mean(res.loss_history[-8:])
+    # 40 toy steps do not make these networks beat bicubic (measured); learning is shown on CAVE
+    # (docs/BENCHMARKS.md) and by test_loss_falls for the shared loop. Here: the run is sound.
+    assert np.isfinite(res.loss_history).all() and len(res.loss_history) == 40 and last < 2 * first
+    header = (tmp_path / "run" / "log.csv").read_text().splitlines()[0].split(",")
+    assert header[:2] == ["step", "loss"] and set(cfg.weights) <= set(header)
+    state, rec = load_weights(stem)
+    head = [v for k, v in state.items() if k in ("head.weight", "head.2.weight", "recon.weight", "large.dec.2.weight")]
+    assert head and any(float(v.abs().sum()) > 0 for v in head)  # zero-initialised heads moved
+    assert rec["registry_model"] == model and rec["scales"] == [4] and rec["kwargs"]["prior"] is prior
+    assert rec["training_config"]["model"] == model and rec["steps"] == 40
+    if model == "hsr-diff":
+        assert rec["diffusion"]["timesteps"] == 100 and rec["validation_sampler"]["steps"] == 2
+
+    sc = scenes[2]
+    opts = {"weights": str(stem)}
+    if model == "hsr-diff":
+        opts.update(steps=2, seed=cfg.seed)
+    problem = FusionProblem(scale=4, lr_bands=8, msi_bands=3, psf=fm.psf, srf=fm.srf, options=opts)
+    cls = {"mftn": MFTNFuser, "hyfusion": HyFusionFuser, "mulsr": MulSRFuser, "hsr-diff": HSRDiffFuser}[model]
+    fuser = cls(problem)
+    out = fuse_arrays(fuser, sc.lr, sc.msi, problem)
+    assert out.shape == sc.hr.shape and np.isfinite(out).all()
+    got = quick_metrics(sc.hr, out, 4)["psnr"]
+    assert abs(got - rec["validation_metrics"]["model"]["scenes"]["synthetic_2"]["psnr"]) < 0.5, model
+
+
+def test_unknown_loss_weight_names_the_model():
+    with pytest.raises(UsageError, match="mftn"):
+        TrainConfig(model="mftn", loss_weights={"kd": 1.0})
+    assert TrainConfig(model="mftn", loss_weights={"grad": 0.3}).weights["grad"] == 0.3
+    with pytest.raises(UsageError, match="model must be one of"):
+        TrainConfig(model="resnet")

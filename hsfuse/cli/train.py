@@ -1,4 +1,4 @@
-"""`hsfuse train`: train a CSAKD network on HR cubes (the LR/MSI pairs are simulated on the fly)."""
+"""`hsfuse train`: train a fusion network on HR cubes (the LR/MSI pairs are simulated on the fly)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ def train(
     validation_scenes: Optional[str] = typer.Option(None, "--val-scenes", help="Comma-separated held-out scene names."),
     train_scenes: Optional[str] = typer.Option(None, "--train-scenes", help="Comma-separated training scenes (default: all others)."),
     noise_snr: Optional[float] = typer.Option(None, help="Add Gaussian noise of this SNR (dB) to LR and MSI patches."),
-    model: Optional[str] = typer.Option(None, help="student | teacher."),
+    model: Optional[str] = typer.Option(None, help="student | teacher (CSAKD) | mftn | hyfusion | mulsr | hsr-diff."),
+    model_kwargs: Optional[str] = typer.Option(None, "--model-kwargs", help='Extra network constructor keywords as JSON, e.g. \'{"nf": 24}\'.'),
+    val_steps: Optional[int] = typer.Option(None, help="hsr-diff: DDIM sampling steps used for validation (default 8)."),
     prior: Optional[bool] = typer.Option(None, "--prior/--no-prior", help="Refine the GSA detail-injection estimate (default on)."),
     distill: Optional[bool] = typer.Option(None, "--distill/--no-distill", help="Co-train a teacher and distil it into the student."),
     nf: Optional[int] = typer.Option(None, help="Feature width (default: scaled with the band count)."),
@@ -49,7 +51,7 @@ def train(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object with the result on stdout."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar or log lines."),
 ) -> None:
-    """Train a CSAKD network (student by default, refining the GSA estimate) and optionally export it.
+    """Train a fusion network (CSAKD student by default, refining the GSA estimate) and optionally export it.
 
     Validation scenes are held out and evaluated against the GSA prior and
     bicubic on the same scenes; by default the export is skipped unless the
@@ -58,6 +60,8 @@ def train(
     Example:
 
         $ hsfuse train --protocol cave-gauss-x8 --steps 2000 --out-dir runs/s-x8 --export weights/csakd-s-cave-gauss-x8
+
+        $ hsfuse train --model hsr-diff --protocol cave-mhf-x32 --model-kwargs '{"width": 32, "depth": 2}'
 
         $ torchrun --nproc-per-node 2 $(which hsfuse) train --config run.toml
     """
@@ -69,7 +73,7 @@ def train(
         over = dict(
             data=None if not data else tuple(str(p) for p in data), protocol=protocol, scale=scale, psf_sigma=psf_sigma,
             srf_file=srf_file, validation_scenes=split(validation_scenes), train_scenes=split(train_scenes),
-            noise_snr=noise_snr, model=model, prior=prior, distill=distill, nf=nf, heads=heads, init_weights=init_weights, steps=steps,
+            noise_snr=noise_snr, model=model, model_kwargs=_json_dict(model_kwargs), val_steps=val_steps, prior=prior, distill=distill, nf=nf, heads=heads, init_weights=init_weights, steps=steps,
             batch=batch, patch=patch, lr=lr, weight_decay=weight_decay, warmup=warmup, clip=clip, seed=seed,
             device=device, threads=threads, out_dir=out_dir, checkpoint_every=checkpoint_every, val_every=val_every,
             val_tile=val_tile, resume=resume or None, stop_after=stop_after, time_limit_min=time_limit, export=export, export_if_better=False if export_always else None,
@@ -91,3 +95,20 @@ def train(
                         err.print(f"{k:8s} PSNR {m['psnr']:.3f} dB  SAM {m['sam']:.3f}  ERGAS {m['ergas']:.3f}")
             for p in result.exported:
                 err.print(f"wrote {p}")
+
+
+def _json_dict(text: Optional[str]):
+    """--model-kwargs: a JSON object, or a one-line usage error."""
+    if text is None:
+        return None
+    import json
+
+    from ..errors import UsageError
+
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"--model-kwargs is not valid JSON: {e}") from None
+    if not isinstance(d, dict):
+        raise UsageError("--model-kwargs must be a JSON object, e.g. '{\"nf\": 24}'")
+    return d

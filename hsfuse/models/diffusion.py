@@ -183,7 +183,8 @@ DEFAULT_LOSS_WEIGHTS = {"l1": 1.0, "spatial": 0.5, "spectral": 0.5}
 
 def diffusion_loss(denoise: Denoiser, x0: torch.Tensor, lr: torch.Tensor, msi: torch.Tensor, schedule: NoiseSchedule,
                    *, psf: Psf | None = None, srf=None, generator: torch.Generator | None = None,
-                   weights: dict[str, float] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                   weights: dict[str, float] | None = None,
+                   detach_parts: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One training loss: noise ``x0`` to a random level, predict x̂0, compare.
 
     ``denoise(x_t, √γ) -> x̂0`` (close over the conditions, e.g. ``lambda x, g: net(lr, msi, x, g)``).
@@ -191,7 +192,8 @@ def diffusion_loss(denoise: Denoiser, x0: torch.Tensor, lr: torch.Tensor, msi: t
     consistency term skipped when its operator (psf / srf) is None or its weight is 0. The spatial
     term leaves out ``psf.halo_lr`` LR pixels at each patch border, where a conv-form PSF would
     see the patch's mirrored padding instead of the scene (the block form has halo 0).
-    Levels and noise are drawn from ``generator`` (its device; moved to x0's). Returns (total, parts).
+    Levels and noise are drawn from ``generator`` (its device; moved to x0's). Returns (total, parts);
+    ``detach_parts=False`` keeps the parts in the graph (the training loop sums them itself).
     """
     w = {**DEFAULT_LOSS_WEIGHTS, **(weights or {})}
     b = x0.shape[0]
@@ -211,7 +213,7 @@ def diffusion_loss(denoise: Denoiser, x0: torch.Tensor, lr: torch.Tensor, msi: t
     if srf is not None and w.get("spectral", 0):
         parts["spectral"] = w["spectral"] * F.l1_loss(torch_apply_srf(x0_hat, srf), msi)
     total = sum(parts.values())
-    return total, {k: v.detach() for k, v in parts.items()}
+    return total, ({k: v.detach() for k, v in parts.items()} if detach_parts else parts)
 
 
 # ----------------------------------------------------------------------------- samplers

@@ -43,7 +43,7 @@ from torch import nn
 from ..errors import ModelError, UsageError
 from ..fusion.base import Fuser, FusionProblem
 from . import diffusion as D
-from .common import check_inputs
+from .common import check_inputs, residual_base
 
 ARCHITECTURES = ("hsrdiff-cdformer",)
 DEFAULT_KWARGS = {"width": 64, "depth": 4, "heads": 4, "window": 8, "ffn_expansion": 2.0, "emb_dim": 128}
@@ -211,7 +211,7 @@ class Conditions:
     """The SR stream's output for one (LR, MSI) pair: per-layer features and the bicubic base."""
 
     feats: list[torch.Tensor]  # each (B, H, W, width), channels-last
-    base: torch.Tensor  # (B, C, H, W)
+    base: torch.Tensor  # (B, C, H, W): bicubic-up(LR), or the classical prior for prior=True networks
     origin: Origin
 
 
@@ -224,16 +224,17 @@ class CDFormer(nn.Module):
     """
 
     def __init__(self, bands: int, msi_bands: int, width: int = 64, depth: int = 4, heads: int = 4,
-                 window: int = 8, ffn_expansion: float = 2.0, emb_dim: int = 128):
+                 window: int = 8, ffn_expansion: float = 2.0, emb_dim: int = 128, prior: bool = False):
         super().__init__()
         if width % heads:
             raise ValueError(f"width {width} is not divisible by heads {heads}")
         self.bands, self.msi_bands, self.width, self.depth, self.window = bands, msi_bands, width, depth, window
+        self.prior = bool(prior)
         self.config = dict(bands=bands, msi_bands=msi_bands, width=width, depth=depth, heads=heads, window=window,
-                           ffn_expansion=ffn_expansion, emb_dim=emb_dim)
+                           ffn_expansion=ffn_expansion, emb_dim=emb_dim, prior=self.prior)
         shifts = [0 if i % 2 == 0 else window // 2 for i in range(depth)]
-        # SR stream
-        self.cond_embed = nn.Conv2d(bands + msi_bands, width, 3, 1, 1)
+        # SR stream (prior=True: the classical detail-injection estimate is a third condition and the base)
+        self.cond_embed = nn.Conv2d(bands * (2 if prior else 1) + msi_bands, width, 3, 1, 1)
         self.sr_layers = nn.ModuleList(SpatioSpectralLayer(width, heads, window, sh, ffn_expansion) for sh in shifts)
         # denoising stream
         self.emb_dim = emb_dim
@@ -266,11 +267,14 @@ class CDFormer(nn.Module):
         return int(math.ceil(self.receptive_radius_hr(steps) / scale)) + 2
 
     # -- the two streams
-    def encode(self, lr: torch.Tensor, msi: torch.Tensor, origin: Origin = (0, 0)) -> Conditions:
+    def encode(self, lr: torch.Tensor, msi: torch.Tensor, origin: Origin = (0, 0),
+               prior: torch.Tensor | None = None) -> Conditions:
         check_inputs(lr, msi, self.bands, self.msi_bands)
         H, W = msi.shape[-2:]
-        base = F.interpolate(lr, size=(H, W), mode="bicubic", align_corners=False)
-        f = self.cond_embed(torch.cat([base, msi], 1)).permute(0, 2, 3, 1)
+        up = F.interpolate(lr, size=(H, W), mode="bicubic", align_corners=False)
+        base = residual_base(up, prior, self.prior)
+        conds = [up, msi, prior] if self.prior else [up, msi]
+        f = self.cond_embed(torch.cat(conds, 1)).permute(0, 2, 3, 1)
         feats = []
         for layer in self.sr_layers:
             f = layer(f, origin)
@@ -292,8 +296,8 @@ class CDFormer(nn.Module):
         return cond.base + y
 
     def forward(self, lr: torch.Tensor, msi: torch.Tensor, x_t: torch.Tensor, noise_level: torch.Tensor,
-                origin: Origin = (0, 0)) -> torch.Tensor:
-        return self.denoise(x_t, noise_level, self.encode(lr, msi, origin))
+                origin: Origin = (0, 0), prior: torch.Tensor | None = None) -> torch.Tensor:
+        return self.denoise(x_t, noise_level, self.encode(lr, msi, origin, prior))
 
 
 def build_cdformer(bands: int = 31, msi_bands: int = 3, **overrides: Any) -> CDFormer:
@@ -362,7 +366,13 @@ class HSRDiffFuser(Fuser):
             raise UsageError(f"steps must be in 1..{self.schedule.timesteps}, got {self.steps}")
         self.eta = 0.0 if self.sampler == "ddim" else 1.0
         self.net.to(device).eval()
-        self.halo_bound = self.net.halo_lr(problem.scale, self.steps)
+        self.prior_fuser = None
+        if self.net.prior:  # the network refines the classical estimate, fitted on the whole scene
+            from .classical import DetailInjection
+
+            self.prior_fuser = DetailInjection(problem, device, "fp32")
+        prior_halo = int(getattr(self.prior_fuser, "halo_lr", 0)) if self.prior_fuser is not None else 0
+        self.halo_bound = self.net.halo_lr(problem.scale, self.steps) + prior_halo
         self.halo_lr = int(opts.get("halo_lr", self.halo_bound))
         self.tile_origin: tuple[int, int] | None = None  # an engine may set this before fuse_tile
         self._scene_lr: np.ndarray | None = None
@@ -382,6 +392,8 @@ class HSRDiffFuser(Fuser):
     def fit(self, lr: np.ndarray, msi_lr: np.ndarray) -> None:
         self._scene_lr = np.asarray(lr, np.float32)
         self._last = None
+        if self.prior_fuser is not None:
+            self.prior_fuser.fit(lr, msi_lr)
 
     def fuse_tile(self, lr: np.ndarray, msi: np.ndarray, origin: tuple[int, int] | None = None) -> np.ndarray:
         lr = np.nan_to_num(np.asarray(lr, np.float32))
@@ -390,9 +402,12 @@ class HSRDiffFuser(Fuser):
         dev = self.device
         t = lambda a: torch.from_numpy(np.ascontiguousarray(a))[None].to(dev)
         c, hh, ww = lr.shape[0], msi.shape[1], msi.shape[2]
+        prior = None
+        if self.prior_fuser is not None:
+            prior = t(np.asarray(self.prior_fuser.fuse_tile(lr, msi), np.float32))
         with torch.no_grad():
             with _autocast(dev, self.precision):
-                cond = self.net.encode(t(lr), t(msi), origin)
+                cond = self.net.encode(t(lr), t(msi), origin, prior)
 
             def denoise(x, level):
                 with _autocast(dev, self.precision):
@@ -453,4 +468,4 @@ class HSRDiffFuser(Fuser):
                 "schedule": self.schedule.to_dict(), "tile_origin": self.origin_source,
                 "weights": None if self.weights_path is None else str(self.weights_path),
                 "architecture": self.record.get("architecture"), "kwargs": self.record.get("kwargs"),
-                "parameters": count_parameters(self.net)}
+                "prior": self.net.prior, "parameters": count_parameters(self.net)}

@@ -22,7 +22,7 @@ from ..errors import UsageError
 VALIDATION_SCENES = ("fake_and_real_peppers", "oil_painting", "stuffed_toys")
 DEFAULT_DATA = str(Path(__file__).resolve().parents[3] / "shared" / "data" / "cave")
 
-#: loss weights (see docs/models/csakd.md): L1 to ground truth, response KD (student to teacher output),
+#: CSAKD loss weights (see docs/models/csakd.md; other models: hsfuse.train.objectives): L1 to ground truth, response KD (student to teacher output),
 #: feature KD (adapted student features to teacher features), band-energy-balanced MSE, SAM (radians)
 DEFAULT_LOSS_WEIGHTS = {"l1": 1.0, "kd": 0.5, "feat": 0.1, "beba": 0.1, "sam": 0.05}
 
@@ -39,7 +39,9 @@ class TrainConfig:
     srf_file: str = ""  # custom: .npy/.csv (m x C) or .mat with R (C x m)
     noise_snr: float = 0.0  # dB; > 0 adds Gaussian noise of this SNR to LR and MSI patches
     # model
-    model: str = "student"  # student | teacher
+    model: str = "student"  # student | teacher | mftn | hyfusion | mulsr | hsr-diff (hsfuse.train.objectives)
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)  # extra constructor keywords (e.g. {"nf": 24})
+    val_steps: int = 8  # hsr-diff: DDIM steps when validating
     prior: bool = True  # refine the detail-injection (GSA) estimate
     distill: bool = False  # online KD: co-train a teacher and distil it into the student
     nf: int = 0  # 0: width scaled with the band count
@@ -55,7 +57,7 @@ class TrainConfig:
     warmup: int = 100
     min_lr_ratio: float = 0.05
     clip: float = 1.0
-    loss_weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_LOSS_WEIGHTS))
+    loss_weights: Mapping[str, float] = field(default_factory=dict)  # overrides of the model's defaults
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch CPU threads (0: torch's default)
@@ -72,26 +74,33 @@ class TrainConfig:
     notes: str = ""
 
     def __post_init__(self) -> None:
-        if self.model not in ("student", "teacher"):
-            raise UsageError(f"model must be 'student' or 'teacher', got {self.model!r}")
+        from .objectives import MODELS
+
+        if self.model not in MODELS:
+            raise UsageError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
         if self.distill and self.model != "student":
             raise UsageError("distill trains a student from a co-trained teacher: use model = 'student'")
-        for name in ("steps", "batch", "patch", "checkpoint_every", "val_every"):
+        for name in ("steps", "batch", "patch", "checkpoint_every", "val_every", "val_steps"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{name} must be positive, got {getattr(self, name)}")
-        unknown = set(self.loss_weights) - set(DEFAULT_LOSS_WEIGHTS)
+        known = MODELS[self.model].loss_weights
+        unknown = set(self.loss_weights) - set(known)
         if unknown:
-            raise UsageError(f"unknown loss weights {sorted(unknown)} (known: {', '.join(DEFAULT_LOSS_WEIGHTS)})")
+            raise UsageError(f"unknown loss weights {sorted(unknown)} for model {self.model} (known: {', '.join(known)})")
 
     @property
     def weights(self) -> dict[str, float]:
-        w = dict(DEFAULT_LOSS_WEIGHTS)
+        """The model's default loss weights with this run's overrides."""
+        from .objectives import MODELS
+
+        w = dict(MODELS[self.model].loss_weights)
         w.update(self.loss_weights)
         return w
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["loss_weights"] = self.weights
+        d["model_kwargs"] = dict(self.model_kwargs)
         d["data"] = list(self.data)
         return d
 
@@ -111,9 +120,11 @@ class TrainConfig:
                 v = vals[name]
                 vals[name] = (v,) if isinstance(v, str) else tuple(str(x) for x in v)
         if "loss_weights" in vals:
-            w = dict(DEFAULT_LOSS_WEIGHTS if base is None else base.weights)
+            w = dict(base.loss_weights) if base is not None else {}
             w.update(vals["loss_weights"])
             vals["loss_weights"] = w
+        if "model_kwargs" in vals:
+            vals["model_kwargs"] = dict(vals["model_kwargs"] or {})
         return dataclasses.replace(base or cls(), **vals)
 
     @classmethod

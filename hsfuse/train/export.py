@@ -1,6 +1,7 @@
 """Export a trained network as ``weights/NAME.safetensors`` + ``NAME.json`` (the full training record).
 
     $ hsfuse train --protocol cave-gauss-x8 --steps 2000 --export weights/csakd-s-cave-gauss-x8
+    $ hsfuse train --model mftn --protocol cave-gauss-x8 --export weights/mftn-cave-gauss-x8
 
 The record (hsfuse/weights.py) carries what ``fuse`` checks (bands, wavelengths,
 MSI bands, SRF, scales, protocol) and what a user needs to judge the weights
@@ -26,8 +27,10 @@ from .config import TrainConfig
 
 
 def build_record(cfg: TrainConfig, net, fm, result, train_scenes: Sequence, val_scenes: Sequence, name: str) -> dict[str, Any]:
-    kw = dict(net.config)
-    kind = kw.pop("kind")
+    from .objectives import record_kwargs, spec
+
+    model = spec(cfg.model)
+    kw = record_kwargs(cfg.model, net)
     bands = int(kw["bands"])
     wl = fm.wavelengths if fm.wavelengths is not None and len(fm.wavelengths) == bands else None
     if wl is None and bands == 31:
@@ -45,6 +48,8 @@ def build_record(cfg: TrainConfig, net, fm, result, train_scenes: Sequence, val_
     ]
     if cfg.distill:
         notes.append("Trained with online knowledge distillation from a co-trained teacher (same step).")
+    if cfg.model == "hsr-diff":
+        notes.append(f"Validation metrics are deterministic DDIM sampling with {cfg.val_steps} steps (seed {cfg.seed}).")
     if cfg.init_weights:
         notes.append(f"Fine-tuned from {Path(cfg.init_weights).name} (see previous_training); the steps and seconds "
                      "above are this fine-tuning run only.")
@@ -59,11 +64,18 @@ def build_record(cfg: TrainConfig, net, fm, result, train_scenes: Sequence, val_
                                              "protocol", "created", "git_commit", "sha256")}
         previous["validation_metrics_mean"] = {k: v.get("mean") for k, v in (prev.get("validation_metrics") or {}).items()
                                                if isinstance(v, dict) and "mean" in v}
+    extra: dict[str, Any] = {}
+    if cfg.model == "hsr-diff":
+        from ..models.diffusion import NoiseSchedule
+
+        extra = {"diffusion": NoiseSchedule().to_dict(), "validation_sampler": {"sampler": "ddim", "steps": cfg.val_steps,
+                                                                              "seed": cfg.seed}}
     return {
         "name": name,
-        "architecture": f"csakd-{kind}",
+        "architecture": model.architecture,
+        "registry_model": model.registry,
         "kwargs": kw,
-        "paper": "CSAKD, Hsu et al., arXiv 2406.19666 (2024); S3RNet describes the same network",
+        "paper": model.paper,
         "bands": bands,
         "wavelengths": None if wl is None else [float(x) for x in wl],
         "msi_bands": int(kw["msi_bands"]),
@@ -92,6 +104,7 @@ def build_record(cfg: TrainConfig, net, fm, result, train_scenes: Sequence, val_
         "training_config": cfg.to_dict(),
         "loss_weights": cfg.weights,
         "notes": " ".join(notes),
+        **extra,
     }
 
 

@@ -90,38 +90,48 @@ def gt_losses(out, gt, w: dict[str, float]) -> dict:
 # ----------------------------------------------------------------------------- model bundle
 
 
-def build_models(cfg: TrainConfig, bands: int, msi_bands: int):
-    """(trained network, teacher or None, adapter or None) for ``cfg``."""
-    import torch
+def build_models(cfg: TrainConfig, bands: int, msi_bands: int, scale: int = 0):
+    """(trained network, teacher or None, adapter or None) for ``cfg`` (``cfg.model``: see objectives.MODELS)."""
     from torch import nn
 
-    from ..models.csakd import build_csakd
+    from .objectives import build_net
 
-    over = {"nf": cfg.nf or None, "heads": cfg.heads or None, "attn_window": cfg.attn_window}
-    net = build_csakd(cfg.model, bands, msi_bands, prior=cfg.prior, **over)
+    over = dict(cfg.model_kwargs)
+    if cfg.model in ("student", "teacher"):
+        over = {"nf": cfg.nf or None, "heads": cfg.heads or None, "attn_window": cfg.attn_window, **over}
+    elif cfg.nf:
+        over.setdefault("width" if cfg.model == "hsr-diff" else "nf", cfg.nf)
+    net = build_net(cfg.model, bands, msi_bands, scale, cfg.prior, over)
     teacher = adapter = None
     if cfg.distill:
-        teacher = build_csakd("teacher", bands, msi_bands, prior=cfg.prior, attn_window=cfg.attn_window)
+        teacher = build_net("teacher", bands, msi_bands, scale, cfg.prior, {"attn_window": cfg.attn_window})
         adapter = nn.Conv2d(net.nf, teacher.nf, 1)
     return net, teacher, adapter
 
 
 def _bundle_cls():
+    import torch.nn.functional as F
     from torch import nn
 
     class Bundle(nn.Module):
-        """Everything trained in one step, so DistributedDataParallel sees one forward."""
+        """Everything trained in one step, losses included, so DistributedDataParallel sees one forward."""
 
-        def __init__(self, net, teacher=None, adapter=None):
+        def __init__(self, net, loss_fn, weights, teacher=None, adapter=None):
             super().__init__()
             self.net, self.teacher, self.adapter = net, teacher, adapter
+            self.loss_fn, self.w = loss_fn, dict(weights)
 
-        def forward(self, lr, msi, prior):
+        def forward(self, lr, msi, prior, hr) -> dict:
             if self.teacher is None:
-                return self.net(lr, msi, prior), None, None, None
+                return self.loss_fn(self.net, lr, msi, prior, hr)[1]
             out_s, f_s = self.net(lr, msi, prior, return_features=True)
             out_t, f_t = self.teacher(lr, msi, prior, return_features=True)
-            return out_s, self.adapter(f_s), out_t, f_t
+            out_s, out_t = out_s.float(), out_t.float()
+            parts = gt_losses(out_s, hr, self.w)
+            parts["kd"] = self.w["kd"] * F.l1_loss(out_s, out_t.detach())
+            parts["feat"] = self.w["feat"] * F.mse_loss(self.adapter(f_s).float(), f_t.detach().float())
+            parts["teacher"] = sum(gt_losses(out_t, hr, self.w).values())
+            return parts
 
     return Bundle
 
@@ -269,6 +279,7 @@ def train(cfg: TrainConfig, progress: bool = False, scenes: Sequence | None = No
     import torch
 
     from .data import PatchSampler, find_scenes, forward_model, load_scenes, split_scenes
+    from .objectives import make_loss, predictor
 
     t0_wall, t0_cpu = time.time(), time.process_time()
     device = resolve_device(cfg.device)
@@ -299,7 +310,7 @@ def train(cfg: TrainConfig, progress: bool = False, scenes: Sequence | None = No
     # ---- model, optimiser, schedule
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    net, teacher, adapter = build_models(cfg, bands, msi_bands)
+    net, teacher, adapter = build_models(cfg, bands, msi_bands, fm.scale)
     if cfg.init_weights:
         from ..errors import ModelError
         from ..weights import load_weights
@@ -310,7 +321,9 @@ def train(cfg: TrainConfig, progress: bool = False, scenes: Sequence | None = No
         except RuntimeError as e:
             raise ModelError(f"--init-weights do not fit this network: {' '.join(str(e).split())[:200]}", cfg.init_weights) from None
         say(f"initialised from {cfg.init_weights} ({rec.get('steps')} steps)")
-    bundle = _bundle_cls()(net, teacher, adapter).to(device)
+    w = cfg.weights
+    bundle = _bundle_cls()(net, make_loss(cfg.model, w, fm), w, teacher, adapter).to(device)
+    pred = predictor(cfg.model, net, cfg.val_steps, cfg.seed)
     opt = torch.optim.AdamW(bundle.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
     step, history, losses, elapsed_prev = 0, [], [], (0.0, 0.0)
@@ -335,10 +348,10 @@ def train(cfg: TrainConfig, progress: bool = False, scenes: Sequence | None = No
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         model = DDP(bundle, device_ids=[device] if device.startswith("cuda") else None)
-    w = cfg.weights
 
     csv_path = out_dir / "log.csv"
-    fields_csv = ["step", "loss", "l1", "beba", "sam", "kd", "feat", "lr", "wall_s"]
+    part_names = [k for k in w if k not in ("kd", "feat")] + (["kd", "feat", "teacher"] if cfg.distill else [])
+    fields_csv = ["step", "loss", *part_names, "lr", "wall_s"]
     if dist_info.main and (not cfg.resume or not csv_path.exists()):
         with open(csv_path, "w", newline="") as f:
             csv.writer(f).writerow(fields_csv)
@@ -350,7 +363,7 @@ def train(cfg: TrainConfig, progress: bool = False, scenes: Sequence | None = No
         nonlocal baselines
         if last_val[0] == step:
             return last_val[1]
-        res = validate(net, val_scenes, fm.scale, device, cfg.val_tile, baselines)
+        res = validate(pred, val_scenes, fm.scale, device, cfg.val_tile, baselines)
         last_val[:] = [step, res]
         baselines = {k: res[k] for k in ("gsa", "bicubic") if k in res} if "gsa" in res else None
         net.train()
@@ -401,18 +414,8 @@ def train(cfg: TrainConfig, progress: bool = False, scenes: Sequence | None = No
             lr_np, msi_np, pr_np, hr_np = sampler.next()
             lr_t, msi_t, pr_t, hr_t = map(to_t, (lr_np, msi_np, pr_np, hr_np))
             with _autocast(device):
-                out_s, f_s, out_t, f_t = model(lr_t, msi_t, pr_t)
-            out_s = out_s.float()
-            parts = gt_losses(out_s, hr_t, w)
-            if out_t is not None:
-                out_t = out_t.float()
-                tparts = gt_losses(out_t, hr_t, w)
-                parts["kd"] = w["kd"] * torch.nn.functional.l1_loss(out_s, out_t.detach())
-                parts["feat"] = w["feat"] * torch.nn.functional.mse_loss(f_s.float(), f_t.detach().float())
-                teacher_loss = sum(tparts.values())
-            else:
-                teacher_loss = 0.0
-            loss = sum(parts.values()) + teacher_loss
+                parts = model(lr_t, msi_t, pr_t, hr_t)
+            loss = sum(v.float() for v in parts.values())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.clip > 0:
@@ -425,7 +428,7 @@ def train(cfg: TrainConfig, progress: bool = False, scenes: Sequence | None = No
                 raise InputError(f"loss became {lv} at step {step}: lower --lr or check the data")
             losses.append(lv)
             if dist_info.main:
-                row = [step, lv] + [float(parts[k].detach()) if k in parts else "" for k in ("l1", "beba", "sam", "kd", "feat")]
+                row = [step, lv] + [float(parts[k].detach()) if k in parts else "" for k in part_names]
                 with open(csv_path, "a", newline="") as f:
                     csv.writer(f).writerow(row + [sched.get_last_lr()[0], round(elapsed()[0], 2)])
             if bar is not None:

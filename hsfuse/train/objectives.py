@@ -1,0 +1,197 @@
+"""What ``hsfuse train`` can train, and for each: how to build it, its loss, how it predicts, its record.
+
+One table (:data:`MODELS`) so the loop stays model-agnostic: the CSAKD student and
+teacher (optionally distilled), MFTN, HyFusion, MulSR and HSR-Diff's CDFormer. Every
+network may refine the classical detail-injection estimate (``prior=True``, the default
+for training). Losses are each paper's (as reimplemented in the model module), computed
+inside :class:`Bundle` so DistributedDataParallel sees one forward.
+
+>>> spec = MODELS["mftn"]
+>>> net = build_net("mftn", bands=31, msi_bands=3, scale=8, prior=True, overrides={"nf": 24})
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str  # the --model value
+    architecture: str  # the record's architecture (zoo_fuser.build_network / hsrdiff.build_from_record)
+    registry: str  # the registry entry that serves the exported weights
+    paper: str
+    loss_weights: Mapping[str, float]  # defaults; --loss-weights overrides
+
+
+def _csakd_weights() -> dict[str, float]:
+    return {"l1": 1.0, "kd": 0.5, "feat": 0.1, "beba": 0.1, "sam": 0.05}
+
+
+#: the weights each model's loss uses by default (kept here so the config can validate without torch)
+MODELS: dict[str, ModelSpec] = {
+    "student": ModelSpec("student", "csakd-student", "csakd-s",
+                         "CSAKD, Hsu et al., arXiv 2406.19666 (2024); S3RNet describes the same network", _csakd_weights()),
+    "teacher": ModelSpec("teacher", "csakd-teacher", "csakd-s",
+                         "CSAKD, Hsu et al., arXiv 2406.19666 (2024); S3RNet describes the same network", _csakd_weights()),
+    "mftn": ModelSpec("mftn", "mftn", "mftn", "Huang et al., ICML 2024 (MFTN, IMatchFormer)",
+                      {"l1": 1.0, "grad": 0.1, "sam": 0.05, "transfer": 0.01}),
+    "hyfusion": ModelSpec("hyfusion", "hyfusion", "hyfusion", "Hsu, Lee, Kang et al., HyFusion (arXiv 2501.04665)",
+                          {"l1": 1.0, "sam": 0.1, "swt": 0.1}),
+    "mulsr": ModelSpec("mulsr", "mulsr", "mulsr", "MulSR, Multi-Scale Factor Joint Learning for HSI SR (IEEE TGRS)",
+                       {"small": 1.0, "large": 1.0}),
+    "hsr-diff": ModelSpec("hsr-diff", "hsrdiff-cdformer", "hsr-diff", "Wu et al., HSR-Diff, ICCV 2023 (arXiv 2306.12085)",
+                          {"l1": 1.0, "spatial": 0.5, "spectral": 0.5}),
+}
+
+
+def spec(model: str) -> ModelSpec:
+    from ..errors import UsageError
+
+    if model not in MODELS:
+        raise UsageError(f"unknown model {model!r} for training (known: {', '.join(MODELS)})")
+    return MODELS[model]
+
+
+def build_net(model: str, bands: int, msi_bands: int, scale: int, prior: bool, overrides: Mapping[str, Any] | None = None):
+    """The untrained network for ``model``; ``overrides`` are constructor keywords (``nf``, ``width``, ...)."""
+    over = {k: v for k, v in dict(overrides or {}).items() if v is not None}
+    if model in ("student", "teacher"):
+        from ..models.csakd import build_csakd
+
+        return build_csakd(model, bands, msi_bands, prior=prior, **over)
+    if model == "hsr-diff":
+        from ..models.hsrdiff import build_cdformer
+
+        return build_cdformer(bands, msi_bands, prior=prior, **over)
+    from ..models.zoo_fuser import build_network
+
+    return build_network(spec(model).architecture, {"bands": bands, "msi_bands": msi_bands, "scale": scale,
+                                                    "prior": prior, **over})
+
+
+def record_kwargs(model: str, net) -> dict[str, Any]:
+    """The constructor keywords to store in the record (what ``build_network`` needs to rebuild it)."""
+    kw = dict(net.config)
+    if model in ("student", "teacher"):
+        kw.pop("kind", None)
+    return kw
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def make_loss(model: str, weights: Mapping[str, float], fm=None) -> Callable:
+    """``loss(net, lr, msi, prior, hr) -> (output used for distillation or None, {term: tensor})``."""
+    import torch
+
+    w = dict(weights)
+    if model in ("student", "teacher"):
+        from .loop import gt_losses
+
+        def csakd(net, lr, msi, prior, hr):
+            out = net(lr, msi, prior).float()
+            return out, gt_losses(out, hr, w)
+
+        return csakd
+    if model == "mftn":
+        from ..models.mftn import mftn_loss
+
+        def mftn(net, lr, msi, prior, hr):
+            out, aux = net(lr, msi, prior, return_aux=True)
+            t = mftn_loss(out.float(), hr, net, aux, w)
+            t.pop("total")
+            return out, t
+
+        return mftn
+    if model == "hyfusion":
+        from ..models.hyfusion import hyfusion_loss
+
+        def hyfusion(net, lr, msi, prior, hr):
+            out = net(lr, msi, prior).float()
+            t = hyfusion_loss(out, hr, w)
+            t.pop("total")
+            return out, t
+
+        return hyfusion
+    if model == "mulsr":
+        from ..models.mulsr import mulsr_loss
+
+        def mulsr(net, lr, msi, prior, hr):
+            out = net(lr, msi, prior)
+            t = mulsr_loss(type(out)(out.small.float(), out.large.float()), hr, w.get("small", 1.0), w.get("large", 1.0))
+            t.pop("total")
+            return out.large, t
+
+        return mulsr
+    if model == "hsr-diff":
+        from ..models import diffusion as D
+
+        schedule = D.NoiseSchedule()
+        psf = None if fm is None else fm.psf
+        srf = None if fm is None else torch.as_tensor(np.asarray(fm.srf, np.float32))
+
+        def hsrdiff(net, lr, msi, prior, hr):
+            cond = net.encode(lr, msi, (0, 0), prior)
+            s = None if srf is None else srf.to(hr.device)
+            _, parts = D.diffusion_loss(lambda x, g: net.denoise(x, g, cond).float(), hr, lr, msi, schedule,
+                                        psf=psf, srf=s, weights=w, detach_parts=False)
+            return None, parts
+
+        return hsrdiff
+    raise ValueError(model)
+
+
+# ----------------------------------------------------------------------------- prediction
+
+
+def predictor(model: str, net, diffusion_steps: int = 8, seed: int = 0):
+    """A module whose ``forward(lr, msi, prior)`` is the model's HR estimate (validation, benchmarks)."""
+    from torch import nn
+
+    if model == "mulsr":
+        from ..models.mulsr import SelectOutput
+
+        return SelectOutput(net)
+    if model == "hsr-diff":
+        return DiffusionPredictor(net, diffusion_steps, seed)
+    if isinstance(net, nn.Module):
+        return net
+    raise ValueError(model)
+
+
+def _diffusion_predictor_cls():
+    from torch import nn
+
+    class _DiffusionPredictor(nn.Module):
+        """Deterministic DDIM sampling of a CDFormer at ``steps`` steps with scene-grid noise (origin 0, 0)."""
+
+        def __init__(self, net, steps: int = 8, seed: int = 0):
+            super().__init__()
+            self.net, self.steps, self.seed = net, int(steps), int(seed)
+            self.prior = net.prior
+
+        def receptive_radius_hr(self, scale: int) -> int:
+            return self.net.receptive_radius_hr(self.steps)
+
+        def forward(self, lr, msi, prior=None):
+            from ..models import diffusion as D
+
+            cond = self.net.encode(lr, msi, (0, 0), prior)
+            b, c, hh, ww = cond.base.shape
+            dev = cond.base.device
+
+            def noise(key):
+                return D.scene_noise(self.seed, (c, hh, ww), 0, 0, key, device=dev)[None].expand(b, -1, -1, -1)
+
+            return D.sample(lambda x, g: self.net.denoise(x, g, cond).float(), D.NoiseSchedule(), steps=self.steps,
+                            eta=0.0, noise=noise)
+
+    return _DiffusionPredictor
+
+
+def DiffusionPredictor(net, steps: int = 8, seed: int = 0):  # noqa: N802 - a class built lazily (torch import)
+    return _diffusion_predictor_cls()(net, steps, seed)
