@@ -254,3 +254,36 @@ def test_unknown_loss_weight_names_the_model():
     assert TrainConfig(model="mftn", loss_weights={"grad": 0.3}).weights["grad"] == 0.3
     with pytest.raises(UsageError, match="model must be one of"):
         TrainConfig(model="resnet")
+
+
+def test_srf_augmentation_variants_and_record(tmp_path, synth):
+    from hsfuse.srf import srf_summary
+    from hsfuse.train.data import PatchSampler, perturbed_srf, srf_variants
+    from hsfuse.weights import load_weights
+
+    scenes, fm = synth
+    wl = np.linspace(400, 700, 8)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        p = perturbed_srf(fm.srf, wl, rng, shift_nm=20.0)
+        assert (p >= 0).all() and np.allclose(p.sum(1), fm.srf.sum(1))
+        assert not np.allclose(p, fm.srf)
+    names = [n for n, _ in srf_variants(fm, 8, (), 3, seed=1)]
+    assert names == ["perturbed-protocol-0", "perturbed-protocol-1", "perturbed-protocol-2"]
+
+    import copy
+
+    own = copy.deepcopy(scenes)
+    stem = tmp_path / "w" / "aug"
+    cfg = tiny(tmp_path, srf_augment=2, steps=4, export=str(stem), export_if_better=False, srf_tolerance_nm=25.0)
+    train(cfg, scenes=own[:2], val_scenes=own[2:], fm=fm)
+    assert all(len(sc.variants) == 2 for sc in own[:2])
+    # the sampler serves the variants: some patches' MSI is not the protocol SRF's
+    sampler = PatchSampler(own[:2], 4, 16, 16, seed=0)
+    _, msi, _, hr = sampler.next()
+    proto = np.einsum("mc,bchw->bmhw", fm.srf.astype(np.float32), hr)
+    differs = [not np.allclose(msi[b], proto[b], atol=1e-5) for b in range(16)]
+    assert any(differs) and not all(differs)
+    _, rec = load_weights(stem)
+    assert rec["training_data"]["srf_augmentation"]["random_perturbations"] == 2 and rec["srf_tolerance_nm"] == 25.0
+    assert rec["srf_summary"]["sha256"] == srf_summary(fm.srf, None)["sha256"]

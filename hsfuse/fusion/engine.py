@@ -137,28 +137,40 @@ def _record_fits(rec: dict[str, Any], lr: CubeSource, msi: CubeSource, scale: in
 
 def select_weights(entry: ModelEntry, lr: CubeSource, msi: CubeSource, scale: int) -> tuple[Path | None, str]:
     """Pick the installed weights of ``entry`` that fit; (None, reasons) if none does."""
-    from ..weights import read_record
-
-    reasons = []
-    for path in entry.installed_weights():
-        rec = read_record(path)
-        why = _record_fits(rec, lr, msi, scale)
-        if why is None:
-            return path, f"weights {path.name} fit the inputs"
-        reasons.append(f"{path.name}: {why}")
+    fits, reasons = fitting_weights(entry, lr, msi, scale)
+    if fits:
+        return fits[0], f"weights {fits[0].name} fit the inputs"
     if not entry.weights or not reasons and not entry.installed_weights():
         return None, f"no trained weights for '{entry.name}' are installed in {entry.installed_weights() and '' or 'weights/'}"
     return None, "; ".join(reasons)
 
 
+def fitting_weights(entry: ModelEntry, lr: CubeSource, msi: CubeSource, scale: int) -> tuple[list[Path], list[str]]:
+    """All installed weights of ``entry`` that fit the band counts/scale (in registry order), and why others do not."""
+    from ..weights import read_record
+
+    fits, reasons = [], []
+    for path in entry.installed_weights():
+        why = _record_fits(read_record(path), lr, msi, scale)
+        if why is None:
+            fits.append(path)
+        else:
+            reasons.append(f"{path.name}: {why}")
+    return fits, reasons
+
+
 def _srf_mismatch(rec: dict[str, Any], srf: np.ndarray | None, protocol: str | None,
-                  wavelengths: np.ndarray | None, tol_nm: float = 10.0) -> str | None:
-    """None if the inputs' SRF is known to be the training one, else why not.
+                  wavelengths: np.ndarray | None, tol_nm: float | None = None) -> str | None:
+    """None if the inputs' SRF is the training one (or within the record's ``srf_tolerance_nm``), else why not.
 
     A network is trained for one camera response; on another (or an unknown one) the
-    classical regression, which adapts to each scene, is the safer default.
+    classical regression, which adapts to each scene, is the safer default. A network
+    trained with SRF augmentation records the wider tolerance it was validated for.
     """
     from ..srf import srf_summary
+
+    if tol_nm is None:
+        tol_nm = float(rec.get("srf_tolerance_nm", 10.0))
 
     if protocol is not None and protocol.lower() == str(rec.get("protocol", "")).lower():
         return None
@@ -186,13 +198,14 @@ def choose_model(lr: CubeSource, msi: CubeSource, scale: int, srf: np.ndarray | 
     reasons = []
     for entry in list_models():
         if entry.kind == "supervised" and entry.available:
-            path, why = select_weights(entry, lr, msi, scale)
-            if path is None:
-                continue
-            mismatch = _srf_mismatch(read_record(path), srf, protocol, lr.meta.wavelengths)
-            if mismatch is None:
-                return entry, path, f"pretrained '{entry.name}' chosen: {why} and the SRF matches its training SRF"
-            reasons.append(f"'{entry.name}' not used: {mismatch}")
+            for path in fitting_weights(entry, lr, msi, scale)[0]:  # e.g. an exact-camera model, then an any-RGB one
+                rec = read_record(path)
+                mismatch = _srf_mismatch(rec, srf, protocol, lr.meta.wavelengths)
+                if mismatch is None:
+                    tol = float(rec.get("srf_tolerance_nm", 10.0))
+                    return entry, path, (f"pretrained '{entry.name}' chosen: weights {path.name} fit the inputs and the "
+                                         f"SRF matches its training SRF{'s' if tol > 10 else ''} (within {tol:g} nm)")
+                reasons.append(f"'{entry.name}' ({path.name}) not used: {mismatch}")
     tail = f" ({'; '.join(reasons)})" if reasons else ""
     return get_model("gsa"), None, f"no pretrained model fits these inputs{tail}; using classical detail injection 'gsa'"
 

@@ -38,6 +38,9 @@ class TrainConfig:
     psf_sigma: float = 0.0  # custom: Gaussian sigma in HR pixels (0: FWHM = scale)
     srf_file: str = ""  # custom: .npy/.csv (m x C) or .mat with R (C x m)
     noise_snr: float = 0.0  # dB; > 0 adds Gaussian noise of this SNR to LR and MSI patches
+    srf_augment: int = 0  # SRF augmentation: this many random smooth perturbations of the SRFs (0: none)
+    srf_augment_cameras: tuple[str, ...] = ()  # SRF augmentation: shipped response curves (hsfuse.srf names)
+    srf_tolerance_nm: float = 10.0  # recorded: how far (band centroid/width, nm) an input SRF may be for `fuse` to pick it
     # model
     model: str = "student"  # student | teacher | mftn | hyfusion | mulsr | hsr-diff (hsfuse.train.objectives)
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)  # extra constructor keywords (e.g. {"nf": 24})
@@ -115,7 +118,7 @@ class TrainConfig:
         if unknown:
             raise UsageError(f"unknown training option(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
         vals = dict(values)
-        for name in ("data", "validation_scenes", "train_scenes"):
+        for name in ("data", "validation_scenes", "train_scenes", "srf_augment_cameras"):
             if name in vals and vals[name] is not None:
                 v = vals[name]
                 vals[name] = (v,) if isinstance(v, str) else tuple(str(x) for x in v)

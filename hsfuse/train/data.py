@@ -307,6 +307,70 @@ class Scene:
     lr: np.ndarray  # (C, H/s, W/s)
     msi: np.ndarray  # (m, H, W)
     prior: np.ndarray | None  # (C, H, W)
+    # SRF augmentation: (msi, prior) made with other camera responses (same LR); the sampler draws one
+    variants: list[tuple[np.ndarray, np.ndarray | None]] = field(default_factory=list)
+
+
+def perturbed_srf(srf: np.ndarray, wavelengths: np.ndarray, rng: np.random.Generator, shift_nm: float = 20.0,
+                  gain: float = 0.3, crosstalk: float = 0.15) -> np.ndarray:
+    """A random smooth variation of ``srf`` (m x C) that looks like another camera.
+
+    Per MSI band: the curve shifted by U(-shift_nm, shift_nm), multiplied by exp(a smooth random
+    curve of amplitude ``gain``), then mixed with the other bands by up to ``crosstalk``; each row
+    keeps its original sum (the MSI's gain convention).
+    """
+    srf = np.asarray(srf, np.float64)
+    wl = np.asarray(wavelengths, np.float64)
+    span = max(float(wl[-1] - wl[0]), 1.0)
+    t = (wl - wl[0]) / span
+    rows = []
+    for r in srf:
+        d = rng.uniform(-shift_nm, shift_nm)
+        shifted = np.interp(wl - d, wl, r, left=0.0, right=0.0)
+        wiggle = sum(rng.normal(0, gain / 2) * np.cos(np.pi * k * t + rng.uniform(0, 2 * np.pi)) for k in (1, 2))
+        rows.append(np.maximum(shifted * np.exp(wiggle), 0.0))
+    out = np.stack(rows)
+    m = out.shape[0]
+    mix = np.eye(m) * (1 - crosstalk) + rng.uniform(0, 1, (m, m)) * crosstalk * (1 - np.eye(m)) / max(m - 1, 1) * 2
+    out = mix @ out
+    sums = srf.sum(1, keepdims=True)
+    return out / np.maximum(out.sum(1, keepdims=True), 1e-12) * sums
+
+
+def srf_variants(fm: "ForwardModel", bands: int, cameras: Sequence[str], n_random: int, seed: int) -> list[tuple[str, np.ndarray]]:
+    """(name, m x C SRF) for SRF augmentation: shipped camera curves plus ``n_random`` perturbations.
+
+    The random ones perturb the protocol's SRF and each camera curve in turn; rows are scaled to the
+    protocol SRF's row sums so only the spectral shape changes, not the MSI's gain.
+    """
+    from ..srf import load_srf
+
+    wl = fm.wavelengths if fm.wavelengths is not None else np.linspace(400, 700, bands)
+    sums = fm.srf.sum(1, keepdims=True)
+    bases = [("protocol", np.asarray(fm.srf, np.float64))]
+    out = []
+    for cam in cameras:
+        mat = np.asarray(load_srf(cam, wl, bands).matrix, np.float64)
+        if mat.shape != fm.srf.shape:
+            raise UsageError(f"SRF '{cam}' has shape {mat.shape}, the protocol's is {fm.srf.shape}")
+        mat = mat / np.maximum(mat.sum(1, keepdims=True), 1e-12) * sums
+        out.append((cam, mat))
+        bases.append((cam, mat))
+    rng = np.random.default_rng(seed)
+    for k in range(n_random):
+        name, base = bases[k % len(bases)]
+        out.append((f"perturbed-{name}-{k}", perturbed_srf(base, wl, rng)))
+    return out
+
+
+def add_srf_variants(scenes: Sequence[Scene], fm: "ForwardModel", srfs: Sequence[tuple[str, np.ndarray]],
+                     prior: bool) -> None:
+    """Give every scene its (MSI, GSA prior) under each extra SRF (the LR does not depend on the SRF)."""
+    for sc in scenes:
+        for _, srf in srfs:
+            msi = np.einsum("mc,chw->mhw", srf.astype(np.float32), sc.hr).astype(np.float32)
+            fm_v = ForwardModel(fm.name, fm.psf, srf, "augmented", fm.wavelengths)
+            sc.variants.append((msi, gsa_prior(sc.lr, msi, fm_v) if prior else None))
 
 
 def load_scene(name: str, path: Path, fm: ForwardModel, prior: bool) -> Scene:
@@ -367,8 +431,13 @@ class PatchSampler:
         j = int(self.rng.integers(0, (W - P) // s + 1))
         hs, ws = slice(i * s, i * s + P), slice(j * s, j * s + P)
         ls, lw = slice(i, i + P // s), slice(j, j + P // s)
-        arrs = [sc.lr[:, ls, lw], sc.msi[:, hs, ws], sc.hr[:, hs, ws]]
-        arrs.append(sc.prior[:, hs, ws] if sc.prior is not None else np.zeros((0, P, P), np.float32))
+        msi, prior = sc.msi, sc.prior
+        if sc.variants:  # SRF augmentation: the protocol's SRF or one of the variants, equally likely
+            v = int(self.rng.integers(0, len(sc.variants) + 1))
+            if v:
+                msi, prior = sc.variants[v - 1]
+        arrs = [sc.lr[:, ls, lw], msi[:, hs, ws], sc.hr[:, hs, ws]]
+        arrs.append(prior[:, hs, ws] if prior is not None else np.zeros((0, P, P), np.float32))
         if self.augment:
             k = int(self.rng.integers(0, 4))
             flip = bool(self.rng.integers(0, 2))

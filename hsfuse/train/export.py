@@ -92,7 +92,12 @@ def build_record(cfg: TrainConfig, net, fm, result, train_scenes: Sequence, val_
         "training_data": {"dataset": "CAVE (Yasuma et al., 2010)" if "cave" in fm.name else "user data",
                           "scenes": [s.name for s in train_scenes], "patch": cfg.patch, "batch": cfg.batch,
                           "augment": "scale-aligned random crops, flips, 90-degree rotations",
-                          "noise_snr_db": cfg.noise_snr or None},
+                          "noise_snr_db": cfg.noise_snr or None,
+                          "srf_augmentation": ({"cameras": list(cfg.srf_augment_cameras), "random_perturbations": cfg.srf_augment,
+                                                "how": "hsfuse.train.data.srf_variants (each scene's MSI and GSA prior "
+                                                       "recomputed per curve; one drawn per patch)"}
+                                               if cfg.srf_augment or cfg.srf_augment_cameras else None)},
+        "srf_tolerance_nm": float(cfg.srf_tolerance_nm),
         "validation_scenes": [s.name for s in val_scenes],
         "steps": int(result.steps),
         "device": str(result.device) + (f" x{result.world}" if result.world > 1 else ""),

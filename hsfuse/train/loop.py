@@ -303,6 +303,12 @@ def train(cfg: TrainConfig, progress: bool = False, scenes: Sequence | None = No
         say(f"loading {len(tr_names)} training + {len(val_names)} validation scenes ({fm.name})")
         scenes = load_scenes(found, tr_names, fm, cfg.prior)
         val_scenes = load_scenes(found, val_names, fm, cfg.prior) if dist_info.main else []
+    if cfg.srf_augment or cfg.srf_augment_cameras:
+        from .data import add_srf_variants, srf_variants
+
+        srfs = srf_variants(fm, scenes[0].hr.shape[0], cfg.srf_augment_cameras, cfg.srf_augment, cfg.seed)
+        say(f"SRF augmentation: {len(srfs)} extra response curves ({', '.join(n for n, _ in srfs)})")
+        add_srf_variants(scenes, fm, srfs, cfg.prior)
     val_scenes = list(val_scenes or [])
     bands, msi_bands = scenes[0].hr.shape[0], scenes[0].msi.shape[0]
     sampler = PatchSampler(scenes, fm.scale, cfg.patch, cfg.batch, cfg.seed + 1000 * dist_info.rank, cfg.noise_snr)
