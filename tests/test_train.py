@@ -150,6 +150,7 @@ def test_export_skipped_when_not_better_than_gsa(tmp_path, synth):
     stem = tmp_path / "w" / "never"
     paths, why = export_run(tiny(tmp_path, export=str(stem)), net, fm, res, scenes[:2], scenes[2:])
     assert paths == [] and "GSA" in why and not stem.with_suffix(".json").exists()
+    assert (tmp_path / "run" / "candidate-never.json").exists()  # kept beside the run for the benchmark
     paths, why = export_run(tiny(tmp_path, export=str(stem), export_if_better=False), net, fm, res, scenes[:2], scenes[2:])
     assert why is None and stem.with_suffix(".json").exists()
 

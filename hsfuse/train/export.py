@@ -120,12 +120,19 @@ def export_run(cfg: TrainConfig, net, fm, result, train_scenes: Sequence, val_sc
 
     stem = Path(stem or cfg.export)
     val = result.validation or {}
+    why = None
     if cfg.export_if_better and "gsa" in val and "model" in val:
         m, g = val["model"]["mean"]["psnr"], val["gsa"]["mean"]["psnr"]
         if not m > g:
-            return [], f"not exported: validation PSNR {m:.3f} dB does not beat the GSA prior ({g:.3f} dB)"
+            # kept in the run folder (never in weights/) so the benchmark can still report the model
+            why = f"not exported: validation PSNR {m:.3f} dB does not beat the GSA prior ({g:.3f} dB)"
+            stem = Path(cfg.out_dir) / f"candidate-{stem.name}"
     rec = build_record(cfg, net, fm, result, train_scenes, val_scenes, stem.name)
+    if why:
+        rec["notes"] += " NOT SHIPPED: " + why + "."
     state = {k: v.detach().float().cpu() for k, v in net.state_dict().items()}
     paths = save_weights(stem, state, rec)
+    if why:
+        return [], f"{why}; saved as {stem} for benchmarking"
     return [str(p) for p in paths], None
 
