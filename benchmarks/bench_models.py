@@ -1,13 +1,16 @@
-"""Networks: parameters, GFLOPs, CPU time and validation quality -> docs/BENCHMARKS.md (section "models").
+"""Networks: parameters, GFLOPs, CPU time, training budgets and validation quality -> docs/BENCHMARKS.md ("models").
 
-    python benchmarks/bench_models.py            # needs ../shared/data for the quality table
+    python benchmarks/bench_models.py                      # needs ../shared/data for the quality tables
+    python benchmarks/bench_models.py --skip steps,robust  # the slow parts are optional
 
-For every network architecture in hsfuse (trained or not): parameters and GFLOPs of one forward
-pass at 512×512 output, 31 bands + RGB, ×8 (counted with torch's FlopCounterMode on a 128² tile and
-multiplied by 16; every layer is local, so cost grows with the pixel count), and the median CPU
-time of that forward pass on this machine's cores. Then, for the models with shipped weights, the
-quality on the validation scenes next to bicubic, CNMF and detail injection (gsa), all measured in
-the same run through the same engine (`fuse_arrays`), with the time per 512² scene.
+For every network architecture in hsfuse: parameters and GFLOPs of one forward pass at 512×512
+output, 31 bands + RGB, ×8 (FlopCounterMode on a 128² tile × 16; every layer is local, so cost
+grows with the pixel count) and the median CPU time of that pass, in the trained configuration
+where weights exist. Then quality on the validation scenes at ×8 (`cave-gauss-x8`) and ×32
+(`cave-mhf-x32`) of every trained model — shipped ones from weights/, and models that did not beat
+their GSA prior from the run folders (``runs/*/candidate-*``, marked "not shipped") — next to
+bicubic, CNMF and detail injection (gsa), all through the same engine in the same run; HSR-Diff
+quality against its number of sampling steps; and the camera-robustness table.
 GPU timings need the GPU machine; none was available when this was run (the table says so).
 """
 
@@ -28,47 +31,86 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_fuse import VALIDATION_SCENES, evaluate, replace_section  # noqa: E402
+from bench_fuse import VALIDATION_SCENES, replace_section  # noqa: E402
 
 BANDS, MSI, SCALE = 31, 3, 8
 
 
-def networks() -> dict[str, torch.nn.Module]:
-    """Every architecture at its default width for 31 bands + RGB, ×8 (untrained copies: cost only)."""
+ZOO = ("mftn", "hyfusion", "mulsr")
+
+
+def trained_weights(candidates: list[Path]) -> dict[tuple[str, int], tuple[Path, bool]]:
+    """(registry model, scale) -> (weights stem, shipped?) for shipped weights and run-folder candidates.
+
+    Candidates are ``runs/*/candidate-*.json``: models trained like the shipped ones that did not
+    beat their GSA prior on validation, so ``hsfuse train`` kept them out of weights/.
+    """
+    from hsfuse.weights import read_record
+
+    out: dict[tuple[str, int], tuple[Path, bool]] = {}
+    for json_path, shipped in [(p, True) for p in sorted((REPO / "weights").glob("*.json"))] + [(p, False) for p in candidates]:
+        rec = read_record(json_path.with_suffix(""))
+        model = rec.get("registry_model") or ("csakd-s" if str(rec.get("architecture", "")).startswith("csakd-") else None)
+        if model is None:
+            continue
+        if "anyrgb" in json_path.stem or (rec.get("training_data") or {}).get("srf_augmentation"):
+            model += " (SRF-augmented)"
+        for sc in rec.get("scales", []):
+            out.setdefault((model, int(sc)), (json_path.with_suffix(""), shipped))
+    return out
+
+
+def networks(weights: dict) -> dict[str, tuple[torch.nn.Module, str]]:
+    """Every architecture for 31 bands + RGB: the trained configuration where weights exist, else default widths."""
     from hsfuse.models import csakd, hsrdiff, zoo_fuser
     from hsfuse.weights import read_record
 
-    rec = read_record(REPO / "weights" / "csakd-s-cave-gauss-x8.json")
-    nets = {
-        "csakd-s (shipped kwargs)": csakd.build_from_record(rec["architecture"], rec["kwargs"]),
-        "csakd teacher (default widths, untrained)": csakd.CSAKDTeacher(BANDS, MSI, prior=True),
-    }
-    for name in ("mftn", "hyfusion", "mulsr"):
-        nets[name] = zoo_fuser.build_network(name, {"bands": BANDS, "msi_bands": MSI, "scale": SCALE, "prior": False})
-    nets["hsr-diff CDFormer (1 step)"] = hsrdiff.build_cdformer(bands=BANDS, msi_bands=MSI)
+    def trained(model: str):
+        for (m, sc), (stem, shipped) in sorted(weights.items(), key=lambda kv: kv[0][1]):
+            if m == model:
+                return read_record(stem), stem, shipped
+        return None, None, False
+
+    nets = {}
+    rec, stem, _ = trained("csakd-s")
+    nets["csakd-s"] = (csakd.build_from_record(rec["architecture"], rec["kwargs"]), "shipped")
+    nets["csakd teacher"] = (csakd.CSAKDTeacher(BANDS, MSI, prior=True), "untrained (default widths)")
+    for name in ZOO:
+        rec, stem, shipped = trained(name)
+        if rec is not None:
+            nets[name] = (zoo_fuser.build_network(name, rec["kwargs"]), "shipped" if shipped else "trained, not shipped")
+        else:
+            nets[name] = (zoo_fuser.build_network(name, {"bands": BANDS, "msi_bands": MSI, "scale": SCALE, "prior": True}),
+                          "untrained (default widths)")
+    rec, stem, shipped = trained("hsr-diff")
+    if rec is not None:
+        net = hsrdiff.build_from_record(rec["architecture"], rec["kwargs"])
+        nets["hsr-diff CDFormer (per step)"] = (net, "shipped" if shipped else "trained, not shipped")
+    else:
+        nets["hsr-diff CDFormer (per step)"] = (hsrdiff.build_cdformer(bands=BANDS, msi_bands=MSI), "untrained (default widths)")
     return nets
 
 
 def _inputs(net, size: int):
     lr = torch.rand(1, BANDS, size // SCALE, size // SCALE)
     msi = torch.rand(1, MSI, size, size)
-    prior = torch.rand(1, BANDS, size, size) if getattr(net, "config", {}).get("prior") or getattr(net, "prior", False) else None
+    prior = torch.rand(1, BANDS, size, size) if getattr(net, "prior", False) else None
     return lr, msi, prior
 
 
 def _forward(net, lr, msi, prior):
     if net.__class__.__name__ == "CDFormer":
         x = torch.rand(1, BANDS, msi.shape[-2], msi.shape[-1])
-        return net(lr, msi, x, torch.full((1,), 0.5))
-    return net(lr, msi, prior) if prior is not None else net(lr, msi)
+        return net(lr, msi, x, torch.full((1,), 0.5), prior=prior)
+    return net(lr, msi, prior)
 
 
-def cost_table(repeats: int) -> list[dict]:
+def cost_table(repeats: int, weights: dict) -> list[dict]:
     from torch.utils.flop_counter import FlopCounterMode
 
     rows = []
     torch.manual_seed(0)
-    for name, net in networks().items():
+    for name, (net, status) in networks(weights).items():
         net.eval()
         params = sum(p.numel() for p in net.parameters())
         with torch.no_grad():
@@ -82,28 +124,16 @@ def cost_table(repeats: int) -> list[dict]:
                 t0 = time.perf_counter()
                 _forward(net, lr, msi, prior)
                 times.append(time.perf_counter() - t0)
-        row = {"model": name, "params": params, "gflops_512": gflops, "cpu_ms_512": 1000 * statistics.median(times)}
+        row = {"model": name, "status": status, "params": params, "gflops_512": gflops,
+               "cpu_ms_512": 1000 * statistics.median(times)}
         rows.append(row)
-        print(f"{name:28s} {params / 1e6:6.3f} M params {gflops:8.1f} GFLOPs  CPU {row['cpu_ms_512']:9.0f} ms", flush=True)
+        print(f"{name:30s} {status:28s} {params / 1e6:6.3f} M {gflops:8.1f} GFLOPs  CPU {row['cpu_ms_512']:9.0f} ms", flush=True)
     return rows
 
 
-def quality_table(shared: Path) -> list[dict]:
-    rows = []
-    for scene in VALIDATION_SCENES:
-        for method in ("bicubic", "cnmf", "gsa", "csakd-s"):
-            m = evaluate(shared, scene, "cave-gauss-x8", method)
-            rows.append({"scene": scene, "method": method, **m})
-            print(f"{scene:24s} {method:8s} PSNR {m['psnr']:6.2f} SAM {m['sam']:5.2f} ERGAS {m['ergas']:6.3f} {m['seconds']:6.2f} s",
-                  flush=True)
-    return rows
-
-
-CAMERAS = ("nikon-5100", "sigma-sdmerrill", "cie1931")
-
-
-def robustness_table(shared: Path) -> list[dict]:
-    """csakd-s (trained with the D700 RGB) and gsa when the RGB comes from other cameras' responses."""
+def evaluate(shared: Path, scene: str, protocol: str, method: str, options: dict | None = None,
+             srf_name: str | None = None) -> dict:
+    """Degrade one CAVE scene with ``protocol`` (optionally another camera's SRF), fuse through the engine, score."""
     from hsfuse.degrade import degrade_cube
     from hsfuse.fusion.engine import FuseConfig, fuse_arrays
     from hsfuse.io import open_cube
@@ -111,53 +141,147 @@ def robustness_table(shared: Path) -> list[dict]:
     from hsfuse.protocols import get_protocol, read_protocol_input
     from hsfuse.srf import load_srf
 
-    proto = get_protocol("cave-gauss-x8")
-    psf, d700 = proto.build()
-    wl = np.arange(400.0, 701.0, 10.0)
-    cameras = {"nikon-d700 (training)": d700, **{c: load_srf(c, wl, BANDS).matrix for c in CAMERAS}}
+    proto = get_protocol(protocol)
+    with open_cube(shared / "cave" / f"{scene}_ms") as src:
+        z, _ = read_protocol_input(src, proto.input_scaling)
+    psf, srf = proto.build()
+    if srf_name:
+        srf = load_srf(srf_name, np.arange(400.0, 701.0, 10.0), BANDS).matrix
+    lr, msi = degrade_cube(z, psf, srf)
+    t0 = time.perf_counter()
+    est = fuse_arrays(lr, msi, FuseConfig(model=method, psf=psf, srf=srf, device="cpu", options=dict(options or {})))
+    dt = time.perf_counter() - t0
+    rep = compute_metrics(z, est, scale=psf.scale, peak=1.0, ssim=False, uiqi=False, maps=False)
+    return {"psnr": rep.summary["psnr"], "sam": rep.summary["sam"], "ergas": rep.summary["ergas"], "seconds": dt}
+
+
+PROTOCOLS = {"cave-gauss-x8": 8, "cave-mhf-x32": 32}
+
+
+def quality_table(shared: Path, weights: dict, diffusion_steps: int = 8) -> list[dict]:
+    """Every method with weights for the protocol's scale, and the classical baselines, in one run."""
     rows = []
-    for scene in VALIDATION_SCENES:
-        with open_cube(shared / "cave" / f"{scene}_ms") as src:
-            z, _ = read_protocol_input(src, proto.input_scaling)
-        for camera, srf in cameras.items():
-            lr, msi = degrade_cube(z, psf, srf)
-            for method in ("gsa", "csakd-s"):
-                est = fuse_arrays(lr, msi, FuseConfig(model=method, psf=psf, srf=srf, device="cpu"))
-                m = compute_metrics(z, est, scale=SCALE, ssim=False, uiqi=False, maps=False).summary
-                rows.append({"scene": scene, "camera": camera, "method": method, "psnr": m["psnr"], "sam": m["sam"]})
-                print(f"{scene:24s} {camera:22s} {method:8s} PSNR {m['psnr']:6.2f} SAM {m['sam']:5.2f}", flush=True)
+    for protocol, scale in PROTOCOLS.items():
+        methods: list[tuple[str, str, dict]] = [(m, m, {}) for m in ("bicubic", "cnmf", "gsa")]
+        for (model, sc), (stem, shipped) in sorted(weights.items()):
+            if sc != scale or "SRF-augmented" in model:
+                continue
+            label = model if shipped else f"{model} (not shipped)"
+            opts = {"weights": str(stem)}
+            if model == "hsr-diff":
+                opts["steps"] = diffusion_steps
+                label += f", {diffusion_steps} DDIM steps"
+            methods.append((label, model, opts))
+        for label, method, opts in methods:
+            for scene in VALIDATION_SCENES:
+                m = evaluate(shared, scene, protocol, method, opts)
+                rows.append({"protocol": protocol, "scene": scene, "method": label, **m})
+                print(f"{protocol} {scene:24s} {label:34s} PSNR {m['psnr']:6.2f} SAM {m['sam']:5.2f} ERGAS {m['ergas']:6.3f} "
+                      f"{m['seconds']:6.2f} s", flush=True)
     return rows
 
 
-def markdown(costs: list[dict], quality: list[dict], robust: list[dict] | None = None) -> str:
+def steps_table(shared: Path, weights: dict, steps_list: list[int]) -> list[dict]:
+    """HSR-Diff quality vs DDIM sampling steps at x32 (the paper's 100-step ancestral sampler last)."""
+    if ("hsr-diff", 32) not in weights:
+        return []
+    stem, shipped = weights[("hsr-diff", 32)]
+    rows = []
+    for steps in steps_list:
+        samplers = [("ddim", steps)] + ([("ancestral", steps)] if steps == 100 else [])
+        for sampler, n in samplers:
+            for scene in VALIDATION_SCENES:
+                m = evaluate(shared, scene, "cave-mhf-x32", "hsr-diff", {"weights": str(stem), "steps": n, "sampler": sampler})
+                rows.append({"sampler": sampler, "steps": n, "scene": scene, **m})
+                print(f"hsr-diff {sampler:9s} {n:4d} steps {scene:24s} PSNR {m['psnr']:6.2f} SAM {m['sam']:5.2f} "
+                      f"{m['seconds']:7.1f} s", flush=True)
+    return rows
+
+
+CAMERAS = ("nikon-5100", "sigma-sdmerrill", "cie1931")
+
+
+def robustness_table(shared: Path, weights: dict) -> list[dict]:
+    """gsa, csakd-s (D700 only) and the SRF-augmented csakd-s when the RGB comes from other cameras."""
+    methods = [("gsa", "gsa", {}), ("csakd-s", "csakd-s", {"weights": str(weights[("csakd-s", 8)][0])})]
+    if ("csakd-s (SRF-augmented)", 8) in weights:
+        methods.append(("csakd-s SRF-aug", "csakd-s", {"weights": str(weights[("csakd-s (SRF-augmented)", 8)][0])}))
+    rows = []
+    for camera in ("nikon-d700 (training)",) + CAMERAS:
+        for label, method, opts in methods:
+            for scene in VALIDATION_SCENES:
+                m = evaluate(shared, scene, "cave-gauss-x8", method, opts, None if camera.startswith("nikon-d700") else camera)
+                rows.append({"scene": scene, "camera": camera, "method": label, "psnr": m["psnr"], "sam": m["sam"]})
+                print(f"{scene:24s} {camera:22s} {label:16s} PSNR {m['psnr']:6.2f} SAM {m['sam']:5.2f}", flush=True)
+    return rows
+
+
+def _mean(rows, key):
+    return float(np.mean([r[key] for r in rows]))
+
+
+def markdown(costs: list[dict], quality: list[dict], robust: list[dict], steps: list[dict], weights: dict) -> str:
+    from hsfuse.weights import read_record
+
     lines = ["## Networks (`benchmarks/bench_models.py`)", "",
              f"CPU: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}. "
-             "One forward pass at 512×512 output (×8, 31 bands + RGB); GFLOPs = multiply-adds×2 from FlopCounterMode. "
-             "**GPU (bf16/fp32) timings: not measured — no GPU machine was available to this run.** "
-             "Only `csakd-s` has trained weights; the others are implemented but untrained (cost only).", "",
-             "| model | parameters | GFLOPs @512² | CPU ms / 512² (median) |", "|---|---:|---:|---:|"]
+             "One forward pass at 512×512 output (×8, 31 bands + RGB; networks that refine the GSA estimate get it as "
+             "an input, its cost is not included); GFLOPs = multiply-adds×2 from FlopCounterMode. "
+             "**GPU (bf16/fp32) timings: not measured — no GPU machine was lent to this project's sessions so far.** "
+             "Every model below was trained on this 2-core CPU (budgets in the training table); the papers train "
+             "for hours to days on GPUs.", "",
+             "| model | weights | parameters | GFLOPs @512² | CPU ms / 512² (median) |", "|---|---|---:|---:|---:|"]
     for r in costs:
-        lines.append(f"| {r['model']} | {r['params'] / 1e6:.3f} M | {r['gflops_512']:.1f} | {r['cpu_ms_512']:.0f} |")
-    if quality:
-        lines += ["", f"Validation quality, `cave-gauss-x8`, scenes {', '.join(VALIDATION_SCENES)} (never trained on), "
-                  "true PSF/SRF given to every method, whole 512² scenes through the engine; time per scene on this CPU:", "",
+        lines.append(f"| {r['model']} | {r['status']} | {r['params'] / 1e6:.3f} M | {r['gflops_512']:.1f} | {r['cpu_ms_512']:.0f} |")
+    lines += ["", "Training budgets (from the weights records):", "",
+              "| weights | shipped | protocol | steps | batch × patch | CPU min | validation PSNR model / gsa |",
+              "|---|---|---|---:|---|---:|---|"]
+    for (model, sc), (stem, shipped) in sorted(weights.items()):
+        rec = read_record(stem)
+        cfg = rec.get("training_config") or {}
+        v = rec.get("validation_metrics") or {}
+        mins = (rec.get("cpu_seconds") or rec.get("wall_seconds") or 0) / 60
+        prev = rec.get("previous_training") or {}
+        if prev.get("cpu_seconds"):
+            mins += prev["cpu_seconds"] / 60
+        lines.append(f"| {stem.name} | {'yes' if shipped else 'no (below gsa)'} | {rec.get('protocol')} | {rec.get('steps')}"
+                     f"{' + ' + str(prev.get('steps')) + ' (pre-training)' if prev.get('steps') else ''} | "
+                     f"{cfg.get('batch')} × {cfg.get('patch')}² | {mins:.0f} | "
+                     f"{v.get('model', {}).get('mean', {}).get('psnr', float('nan')):.2f} / "
+                     f"{v.get('gsa', {}).get('mean', {}).get('psnr', float('nan')):.2f} |")
+    for protocol in dict.fromkeys(r["protocol"] for r in quality):
+        sel_p = [r for r in quality if r["protocol"] == protocol]
+        lines += ["", f"Validation quality, `{protocol}`, scenes {', '.join(VALIDATION_SCENES)} (never trained on), "
+                  "true PSF/SRF given to every method, whole 512² scenes through the engine (`fuse_arrays`, default "
+                  "tiling), all measured in this run; time per scene on this CPU:", "",
                   "| method | mean PSNR | mean SAM | mean ERGAS | per-scene PSNR | s / scene |", "|---|---:|---:|---:|---|---:|"]
-        for method in dict.fromkeys(r["method"] for r in quality):
-            sel = [r for r in quality if r["method"] == method]
-            lines.append(f"| {method} | {np.mean([r['psnr'] for r in sel]):.2f} | {np.mean([r['sam'] for r in sel]):.2f} | "
-                         f"{np.mean([r['ergas'] for r in sel]):.3f} | {', '.join(format(r['psnr'], '.2f') for r in sel)} | "
-                         f"{np.median([r['seconds'] for r in sel]):.2f} |")
+        for method in dict.fromkeys(r["method"] for r in sel_p):
+            sel = [r for r in sel_p if r["method"] == method]
+            lines.append(f"| {method} | {_mean(sel, 'psnr'):.2f} | {_mean(sel, 'sam'):.2f} | {_mean(sel, 'ergas'):.3f} | "
+                         f"{', '.join(format(r['psnr'], '.2f') for r in sel)} | {np.median([r['seconds'] for r in sel]):.2f} |")
+    if steps:
+        lines += ["", "HSR-Diff at ×32 (`cave-mhf-x32`, same scenes): quality against the number of sampling steps "
+                  "(DDIM η = 0, deterministic; the paper's ancestral sampler at 100 steps, seed 0):", "",
+                  "| sampler | steps | mean PSNR | mean SAM | mean ERGAS | s / scene (CPU) |", "|---|---:|---:|---:|---:|---:|"]
+        for key in dict.fromkeys((r["sampler"], r["steps"]) for r in steps):
+            sel = [r for r in steps if (r["sampler"], r["steps"]) == key]
+            lines.append(f"| {key[0]} | {key[1]} | {_mean(sel, 'psnr'):.2f} | {_mean(sel, 'sam'):.2f} | {_mean(sel, 'ergas'):.3f} | "
+                         f"{np.median([r['seconds'] for r in sel]):.1f} |")
     if robust:
+        labels = list(dict.fromkeys(r["method"] for r in robust))
         lines += ["", "Robustness to the user's camera: the RGB made with other response curves than the Nikon D700 "
-                  "curve `csakd-s` was trained with (`cave-gauss-x8` otherwise; mean over the validation scenes). "
-                  "`gsa` refits its regression per scene, `csakd-s` refines that estimate:", "",
-                  "| RGB camera | gsa PSNR / SAM | csakd-s PSNR / SAM | csakd-s − gsa (dB) |", "|---|---:|---:|---:|"]
+                  "curve of the protocol (`cave-gauss-x8` otherwise; mean over the validation scenes). `gsa` refits its "
+                  "regression per scene; `csakd-s` was trained with the D700 curve only; `csakd-s SRF-aug` was fine-tuned "
+                  "with the D700 and Nikon 5100 curves plus random smooth perturbations (Sigma SD Merrill and CIE 1931 "
+                  "never seen in training):", "",
+                  "| RGB camera | " + " | ".join(f"{m} PSNR / SAM" for m in labels) + " | " +
+                  " | ".join(f"{m} − gsa (dB)" for m in labels if m != "gsa") + " |",
+                  "|---|" + "---:|" * (2 * len(labels) - 1)]
         for camera in dict.fromkeys(r["camera"] for r in robust):
-            g = [r for r in robust if r["camera"] == camera and r["method"] == "gsa"]
-            c = [r for r in robust if r["camera"] == camera and r["method"] == "csakd-s"]
-            gp, cp = np.mean([r["psnr"] for r in g]), np.mean([r["psnr"] for r in c])
-            lines.append(f"| {camera} | {gp:.2f} / {np.mean([r['sam'] for r in g]):.2f} | "
-                         f"{cp:.2f} / {np.mean([r['sam'] for r in c]):.2f} | {cp - gp:+.2f} |")
+            means = {m: [r for r in robust if r["camera"] == camera and r["method"] == m] for m in labels}
+            cells = [f"{_mean(means[m], 'psnr'):.2f} / {_mean(means[m], 'sam'):.2f}" for m in labels]
+            deltas = [f"{_mean(means[m], 'psnr') - _mean(means['gsa'], 'psnr'):+.2f}" for m in labels if m != "gsa"]
+            lines.append(f"| {camera} | " + " | ".join(cells + deltas) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -166,12 +290,21 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "BENCHMARKS.md")
+    ap.add_argument("--candidates", default=str(REPO / "runs" / "*" / "candidate-*.json"),
+                    help="glob of trained-but-not-shipped weights records to include (marked as such)")
+    ap.add_argument("--steps", default="1,2,4,8,16,100", help="HSR-Diff sampling steps to compare (empty: skip)")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: cost,quality,steps,robust")
     args = ap.parse_args()
-    costs = cost_table(args.repeats)
+    import glob
+
+    skip = set(filter(None, args.skip.split(",")))
+    weights = trained_weights([Path(p) for p in sorted(glob.glob(args.candidates))])
+    costs = cost_table(args.repeats, weights) if "cost" not in skip else []
     have_shared = (args.shared / "cave").is_dir()
-    quality = quality_table(args.shared) if have_shared else []
-    robust = robustness_table(args.shared) if have_shared else []
-    replace_section(args.out, "models", markdown(costs, quality, robust))
+    quality = quality_table(args.shared, weights) if have_shared and "quality" not in skip else []
+    steps = steps_table(args.shared, weights, [int(x) for x in args.steps.split(",") if x]) if have_shared and "steps" not in skip else []
+    robust = robustness_table(args.shared, weights) if have_shared and "robust" not in skip else []
+    replace_section(args.out, "models", markdown(costs, quality, robust, steps, weights))
     print(f"wrote {args.out}")
 
 
