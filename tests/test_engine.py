@@ -204,3 +204,27 @@ def test_default_model_is_the_pretrained_one_under_its_protocol(shared_data):
     lr, msi, _ = _cave_like_pair()
     plan = engine.make_plan(lr, msi, FuseConfig(protocol="cave-gauss-x8"))
     assert plan.model.name == "csakd-s" and plan.weights.name == "csakd-s-cave-gauss-x8.safetensors"
+
+
+@pytest.mark.skipif(not registry.get_model("csakd-s").available, reason="no csakd-s weights installed")
+def test_record_srf_tolerance_widens_the_default_choice(tmp_path, monkeypatch):
+    """A model trained with SRF augmentation records a wider tolerance; fuse honours it, and only it."""
+    import json
+    import shutil
+
+    from hsfuse.srf import load_srf
+
+    stem = "csakd-s-cave-gauss-x8"
+    for ext in (".json", ".safetensors"):
+        shutil.copy(registry.weights_dir() / f"{stem}{ext}", tmp_path / f"{stem}{ext}")
+    rec = json.loads((tmp_path / f"{stem}.json").read_text())
+    rec["srf_tolerance_nm"] = 40.0
+    (tmp_path / f"{stem}.json").write_text(json.dumps(rec))
+    monkeypatch.setenv("HSFUSE_WEIGHTS", str(tmp_path))
+    lr, msi, wl = _cave_like_pair()
+    near = load_srf("nikon-5100", wl, 31).matrix  # band centroids within ~36 nm of the D700's
+    plan = engine.make_plan(lr, msi, FuseConfig(srf=near))
+    assert plan.model.name == "csakd-s" and "within 40 nm" in plan.model_reason
+    far = load_srf("sigma-sdmerrill", wl, 31).matrix  # Foveon: blue centroid ~60 nm off
+    plan = engine.make_plan(lr, msi, FuseConfig(srf=far))
+    assert plan.model.name == "gsa" and "differs from the training SRF" in plan.model_reason
