@@ -288,3 +288,18 @@ def test_srf_augmentation_variants_and_record(tmp_path, synth):
     _, rec = load_weights(stem)
     assert rec["training_data"]["srf_augmentation"]["random_perturbations"] == 2 and rec["srf_tolerance_nm"] == 25.0
     assert rec["srf_summary"]["sha256"] == srf_summary(fm.srf, None)["sha256"]
+
+
+def test_progressive_patch_schedule(tmp_path, synth):
+    from hsfuse.train.data import PatchSampler
+
+    scenes, fm = synth
+    sampler = PatchSampler(scenes[:2], 4, 16, 2, seed=0)
+    assert sampler.next()[3].shape[-1] == 16 and sampler.next(32)[3].shape[-1] == 32
+    with pytest.raises(UsageError):
+        sampler.next(30)
+    with pytest.raises(UsageError, match="patch_schedule"):
+        TrainConfig(patch_schedule=((5, 16), (2, 32)))
+    res = train(tiny(tmp_path, patch_schedule=((0, 16), (4, 32)), steps=6), scenes=scenes[:2], val_scenes=[], fm=fm)
+    assert res.steps == 6
+    assert TrainConfig.from_dict({"patch_schedule": [[0, 64], [100, 96]]}).patch_schedule == ((0, 64), (100, 96))

@@ -34,6 +34,7 @@ def train(
     steps: Optional[int] = typer.Option(None, help="Optimiser steps."),
     batch: Optional[int] = typer.Option(None, help="Patches per step (per process)."),
     patch: Optional[int] = typer.Option(None, help="HR patch side (a multiple of the scale)."),
+    patch_schedule: Optional[str] = typer.Option(None, help="Progressive patch sizes STEP:PATCH,... (e.g. 0:64,1000:96); overrides --patch."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (AdamW)."),
     weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay."),
     warmup: Optional[int] = typer.Option(None, help="Linear warmup steps before the cosine decay."),
@@ -78,7 +79,7 @@ def train(
             srf_file=srf_file, validation_scenes=split(validation_scenes), train_scenes=split(train_scenes),
             noise_snr=noise_snr, srf_augment=srf_augment, srf_augment_cameras=split(srf_augment_cameras),
             srf_tolerance_nm=srf_tolerance, model=model, model_kwargs=_json_dict(model_kwargs), val_steps=val_steps, prior=prior, distill=distill, nf=nf, heads=heads, init_weights=init_weights, steps=steps,
-            batch=batch, patch=patch, lr=lr, weight_decay=weight_decay, warmup=warmup, clip=clip, seed=seed,
+            batch=batch, patch=patch, patch_schedule=_schedule(patch_schedule), lr=lr, weight_decay=weight_decay, warmup=warmup, clip=clip, seed=seed,
             device=device, threads=threads, out_dir=out_dir, checkpoint_every=checkpoint_every, val_every=val_every,
             val_tile=val_tile, resume=resume or None, stop_after=stop_after, time_limit_min=time_limit, export=export, export_if_better=False if export_always else None,
             notes=notes,
@@ -116,3 +117,15 @@ def _json_dict(text: Optional[str]):
     if not isinstance(d, dict):
         raise UsageError("--model-kwargs must be a JSON object, e.g. '{\"nf\": 24}'")
     return d
+
+
+def _schedule(text: Optional[str]):
+    """--patch-schedule 0:64,1000:96 -> ((0, 64), (1000, 96)), or a one-line usage error."""
+    if text is None:
+        return None
+    from ..errors import UsageError
+
+    try:
+        return tuple((int(a), int(b)) for a, b in (item.split(":") for item in text.split(",") if item.strip()))
+    except ValueError:
+        raise UsageError(f"--patch-schedule must look like 0:64,1000:96, got {text!r}") from None

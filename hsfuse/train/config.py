@@ -55,6 +55,7 @@ class TrainConfig:
     steps: int = 2000
     batch: int = 8
     patch: int = 64  # HR patch side (a multiple of the scale)
+    patch_schedule: tuple[tuple[int, int], ...] = ()  # progressive patch sizes ((start_step, patch), ...); overrides patch
     lr: float = 5e-4
     weight_decay: float = 1e-4
     warmup: int = 100
@@ -86,6 +87,13 @@ class TrainConfig:
         for name in ("steps", "batch", "patch", "checkpoint_every", "val_every", "val_steps"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.patch_schedule:
+            from ..models.diffusion import progressive_patch_size
+
+            try:
+                progressive_patch_size(0, self.patch_schedule)
+            except (ValueError, TypeError, IndexError) as e:
+                raise UsageError(f"patch_schedule: {e}") from None
         known = MODELS[self.model].loss_weights
         unknown = set(self.loss_weights) - set(known)
         if unknown:
@@ -118,6 +126,8 @@ class TrainConfig:
         if unknown:
             raise UsageError(f"unknown training option(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
         vals = dict(values)
+        if "patch_schedule" in vals and vals["patch_schedule"] is not None:
+            vals["patch_schedule"] = tuple((int(a), int(b)) for a, b in vals["patch_schedule"])
         for name in ("data", "validation_scenes", "train_scenes", "srf_augment_cameras"):
             if name in vals and vals[name] is not None:
                 v = vals[name]

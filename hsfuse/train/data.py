@@ -423,8 +423,8 @@ class PatchSampler:
     def set_state(self, state: dict) -> None:
         self.rng.bit_generator.state = state
 
-    def _one(self) -> tuple[np.ndarray, ...]:
-        s, P = self.scale, self.patch
+    def _one(self, patch: int | None = None) -> tuple[np.ndarray, ...]:
+        s, P = self.scale, patch or self.patch
         sc = self.scenes[int(self.rng.choice(len(self.scenes), p=self.p))]
         H, W = sc.hr.shape[1:]
         i = int(self.rng.integers(0, (H - P) // s + 1))
@@ -450,9 +450,11 @@ class PatchSampler:
             arrs[1] = _awgn(arrs[1], self.noise_snr, self.rng)
         return tuple(arrs)
 
-    def next(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
-        """(lr, msi, prior or None, hr) stacked over the batch."""
-        items = [self._one() for _ in range(self.batch)]
+    def next(self, patch: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+        """(lr, msi, prior or None, hr) stacked over the batch; ``patch`` overrides the side (progressive training)."""
+        if patch is not None and (patch % self.scale or any(min(sc.hr.shape[1:]) < patch for sc in self.scenes)):
+            raise UsageError(f"patch {patch} must be a multiple of the scale {self.scale} and fit every scene")
+        items = [self._one(patch) for _ in range(self.batch)]
         lr, msi, hr, pr = (np.stack([it[k] for it in items]) for k in range(4))
         return lr, msi, (pr if pr.shape[1] else None), hr
 

@@ -279,6 +279,7 @@ def train(cfg: TrainConfig, progress: bool = False, scenes: Sequence | None = No
     import torch
 
     from .data import PatchSampler, find_scenes, forward_model, load_scenes, split_scenes
+    from ..models.diffusion import progressive_patch_size
     from .objectives import make_loss, predictor
 
     t0_wall, t0_cpu = time.time(), time.process_time()
@@ -417,7 +418,8 @@ def train(cfg: TrainConfig, progress: bool = False, scenes: Sequence | None = No
                 stopped = "time_limit"
                 say(f"time limit reached at step {step}")
                 break
-            lr_np, msi_np, pr_np, hr_np = sampler.next()
+            patch = progressive_patch_size(step, cfg.patch_schedule) if cfg.patch_schedule else None
+            lr_np, msi_np, pr_np, hr_np = sampler.next(patch)
             lr_t, msi_t, pr_t, hr_t = map(to_t, (lr_np, msi_np, pr_np, hr_np))
             with _autocast(device):
                 parts = model(lr_t, msi_t, pr_t, hr_t)
