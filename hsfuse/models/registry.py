@@ -94,7 +94,8 @@ _ENTRIES: list[ModelEntry] = [
         "CSAKD student network refining the detail-injection estimate (trained on CAVE, 31 bands + Nikon D700 RGB).",
         "hsfuse.models.csakd_fuser:CSAKDFuser", "31 bands (400-700 nm) + 3-band RGB at the trained scales",
         paper="CSAKD, arXiv 2406.19666 (S3RNet describes the same network)", needs_psf=True,
-        weights=("csakd-s-cave-gauss-x8", "csakd-s-cave-mhf-x32"), default_overlap=32, aliases=("s3rnet-s",),
+        weights=("csakd-s-cave-gauss-x8", "csakd-s-cave-mhf-x32", "csakd-s-cave-gauss-x8-anyrgb"), default_overlap=32,
+        aliases=("s3rnet-s",),
     ),
     # Reimplemented from their papers; no trained weights yet (training needs the GPU machine), so
     # they are listed as unavailable and never chosen or run until weights are installed.
@@ -113,7 +114,7 @@ _ENTRIES: list[ModelEntry] = [
         "mulsr", "supervised", "MulSR: one network for two scale factors, direction-aware interaction + feedback correction.",
         "hsfuse.models.zoo_fuser:MulSRFuser", "band counts and the two scales of the trained weights",
         paper="MulSR, Multi-Scale Factor Joint Learning for HSI SR (IEEE TGRS)", needs_psf=True,
-        weights=("mulsr-cave-gauss-x4x8",), default_overlap=32,
+        weights=("mulsr-cave-gauss-x8",), default_overlap=32,
     ),
     ModelEntry(
         "hsr-diff", "supervised",
