@@ -102,7 +102,7 @@ _ENTRIES: list[ModelEntry] = [
     ModelEntry(
         "mftn", "supervised", "MFTN: multi-scale IMatchFormer feature transfer + deformable spectral-aware aggregation.",
         "hsfuse.models.zoo_fuser:MFTNFuser", "band counts and scale of the trained weights",
-        paper="Huang et al., ICML 2024 (MFTN)", needs_psf=True, weights=("mftn-cave-gauss-x8",), default_overlap=32,
+        paper="Huang et al., ICML 2024 (MFTN)", needs_psf=True, weights=("mftn-cave-gauss-x8", "mftn-cave-mhf-x32"), default_overlap=32,
     ),
     ModelEntry(
         "hyfusion", "supervised", "HyFusion: enhanced-reception-field (shifted-window) transformer with a dual-coupled network.",
