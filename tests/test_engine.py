@@ -9,7 +9,7 @@ import torch
 from conftest import smooth_cube
 from hsfuse.cube import CubeMeta
 from hsfuse.degrade import Psf
-from hsfuse.errors import InputError, UsageError
+from hsfuse.errors import InputError, ModelError, UsageError
 from hsfuse.fusion import engine
 from hsfuse.fusion.base import Fuser
 from hsfuse.fusion.engine import FuseConfig, fuse_arrays, infer_scale
@@ -228,3 +228,17 @@ def test_record_srf_tolerance_widens_the_default_choice(tmp_path, monkeypatch):
     far = load_srf("sigma-sdmerrill", wl, 31).matrix  # Foveon: blue centroid ~60 nm off
     plan = engine.make_plan(lr, msi, FuseConfig(srf=far))
     assert plan.model.name == "gsa" and "differs from the training SRF" in plan.model_reason
+
+
+@pytest.mark.skipif(not registry.get_model("csakd-s").available, reason="no csakd-s weights installed")
+def test_given_weights_option_is_used_not_the_installed_ones(tmp_path):
+    import shutil
+
+    lr, msi, wl = _cave_like_pair()
+    stem = "csakd-s-cave-gauss-x8"
+    for ext in (".json", ".safetensors"):
+        shutil.copy(registry.weights_dir() / f"{stem}{ext}", tmp_path / f"mine{ext}")
+    plan = engine.make_plan(lr, msi, FuseConfig(model="csakd-s", options={"weights": str(tmp_path / "mine")}))
+    assert plan.weights == tmp_path / "mine" and "-O weights=" in plan.model_reason
+    with pytest.raises(ModelError, match="weights record not found"):
+        engine.make_plan(lr, msi, FuseConfig(model="csakd-s", options={"weights": str(tmp_path / "nothing")}))

@@ -269,7 +269,14 @@ def make_plan(lr: CubeSource, msi: CubeSource, cfg: FuseConfig) -> FusePlan:
     else:
         entry = named
         weights, reason = None, "chosen with --model"
-        if entry.needs_weights:
+        if entry.needs_weights and cfg.options.get("weights"):  # -O weights=STEM: those, checked when loaded
+            weights = Path(str(cfg.options["weights"]))
+            weights = weights.with_suffix("") if weights.suffix in (".json", ".safetensors") else weights
+            if not weights.with_suffix(".json").exists():
+                raise ModelError("weights record not found (give the stem of NAME.json + NAME.safetensors)",
+                                 weights.with_suffix(".json"))
+            reason = f"chosen with --model, weights given with -O weights={cfg.options['weights']}"
+        elif entry.needs_weights:
             weights, why = select_weights(entry, lr, msi, scale)
             if weights is None:
                 raise ModelError(f"model '{entry.name}' cannot take these inputs: {why}", lr.path)
