@@ -97,8 +97,8 @@ _ENTRIES: list[ModelEntry] = [
         weights=("csakd-s-cave-gauss-x8", "csakd-s-cave-mhf-x32", "csakd-s-cave-gauss-x8-anyrgb"), default_overlap=32,
         aliases=("s3rnet-s",),
     ),
-    # Reimplemented from their papers; no trained weights yet (training needs the GPU machine), so
-    # they are listed as unavailable and never chosen or run until weights are installed.
+    # Reimplemented from their papers and trained with `hsfuse train` (docs/training.md). A model is
+    # available only while its weights are installed; `fuse` prefers csakd-s (listed first) when several fit.
     ModelEntry(
         "mftn", "supervised", "MFTN: multi-scale IMatchFormer feature transfer + deformable spectral-aware aggregation.",
         "hsfuse.models.zoo_fuser:MFTNFuser", "band counts and scale of the trained weights",
