@@ -192,10 +192,14 @@ def test_default_model_is_classical_unless_the_srf_is_the_training_one():
     lr, msi, wl = _cave_like_pair()
     plan = engine.make_plan(lr, msi, FuseConfig())
     assert plan.model.name == "gsa" and "SRF is unknown" in plan.model_reason
-    other = load_srf("nikon-5100", wl, 31).matrix
+    other = load_srf("sigma-sdmerrill", wl, 31).matrix  # Foveon RGB: farther than any shipped tolerance
     plan = engine.make_plan(lr, msi, FuseConfig(srf=other))
     assert plan.model.name == "gsa" and "differs from the training SRF" in plan.model_reason
     assert engine.make_plan(lr, msi, FuseConfig(model="csakd-s", srf=other)).model.name == "csakd-s"  # asked for: allowed
+    any_rgb = registry.weights_dir() / "csakd-s-cave-gauss-x8-anyrgb.json"
+    if any_rgb.exists():  # the SRF-augmented weights take a nearby camera (Nikon 5100, within 40 nm)
+        plan = engine.make_plan(lr, msi, FuseConfig(srf=load_srf("nikon-5100", wl, 31).matrix))
+        assert plan.model.name == "csakd-s" and plan.weights.name == "csakd-s-cave-gauss-x8-anyrgb.safetensors"
 
 
 @pytest.mark.shared
