@@ -265,7 +265,9 @@ def markdown(costs: list[dict], quality: list[dict], robust: list[dict], steps: 
                   "| sampler | steps | mean PSNR | mean SAM | mean ERGAS | s / scene (CPU) |", "|---|---:|---:|---:|---:|---:|"]
         for key in dict.fromkeys((r["sampler"], r["steps"]) for r in steps):
             sel = [r for r in steps if (r["sampler"], r["steps"]) == key]
-            lines.append(f"| {key[0]} | {key[1]} | {_mean(sel, 'psnr'):.2f} | {_mean(sel, 'sam'):.2f} | {_mean(sel, 'ergas'):.3f} | "
+            erg = _mean(sel, "ergas")
+            lines.append(f"| {key[0]} | {key[1]} | {_mean(sel, 'psnr'):.2f} | {_mean(sel, 'sam'):.2f} | "
+                         f"{'—' if np.isnan(erg) else format(erg, '.3f')} | "
                          f"{np.median([r['seconds'] for r in sel]):.1f} |")
     if robust:
         labels = list(dict.fromkeys(r["method"] for r in robust))
@@ -285,6 +287,31 @@ def markdown(costs: list[dict], quality: list[dict], robust: list[dict], steps: 
     return "\n".join(lines) + "\n"
 
 
+def rows_from_log(path: Path) -> tuple[list[dict], list[dict], list[dict]]:
+    """(costs, quality, steps) rows re-read from the printed lines of an earlier run (``--from-log``).
+
+    Lets a long run be finished in parts (e.g. the robustness table alone) without re-measuring;
+    the values are the printed ones (PSNR to 0.01 dB, times to the printed precision).
+    """
+    import re
+
+    costs, quality, steps = [], [], []
+    cost_re = re.compile(r"^(.+?)\s{2,}(shipped|trained, not shipped|untrained \(default widths\))\s+([\d.]+) M\s+([\d.]+) GFLOPs\s+CPU\s+(\d+) ms")
+    q_re = re.compile(r"^(cave-\S+) (\S+)\s+(.+?)\s+PSNR\s+([\d.]+) SAM\s+([\d.]+) ERGAS\s+([\d.]+)\s+([\d.]+) s$")
+    s_re = re.compile(r"^hsr-diff (\S+)\s+(\d+) steps (\S+)\s+PSNR\s+([\d.]+) SAM\s+([\d.]+)\s+([\d.]+) s$")
+    for line in Path(path).read_text().splitlines():
+        if m := cost_re.match(line):
+            costs.append({"model": m[1].strip(), "status": m[2], "params": float(m[3]) * 1e6, "gflops_512": float(m[4]),
+                          "cpu_ms_512": float(m[5])})
+        elif m := q_re.match(line):
+            quality.append({"protocol": m[1], "scene": m[2], "method": m[3].strip(), "psnr": float(m[4]), "sam": float(m[5]),
+                            "ergas": float(m[6]), "seconds": float(m[7])})
+        elif m := s_re.match(line):
+            steps.append({"sampler": m[1], "steps": int(m[2]), "scene": m[3], "psnr": float(m[4]), "sam": float(m[5]),
+                          "ergas": float("nan"), "seconds": float(m[6])})
+    return costs, quality, steps
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
@@ -294,15 +321,19 @@ def main() -> None:
                     help="glob of trained-but-not-shipped weights records to include (marked as such)")
     ap.add_argument("--steps", default="1,2,4,8,16,100", help="HSR-Diff sampling steps to compare (empty: skip)")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: cost,quality,steps,robust")
+    ap.add_argument("--from-log", type=Path, default=None,
+                    help="take the skipped parts' rows from the printed output of an earlier run")
     args = ap.parse_args()
     import glob
 
     skip = set(filter(None, args.skip.split(",")))
     weights = trained_weights([Path(p) for p in sorted(glob.glob(args.candidates))])
-    costs = cost_table(args.repeats, weights) if "cost" not in skip else []
+    old_costs, old_quality, old_steps = rows_from_log(args.from_log) if args.from_log else ([], [], [])
+    costs = cost_table(args.repeats, weights) if "cost" not in skip else old_costs
     have_shared = (args.shared / "cave").is_dir()
-    quality = quality_table(args.shared, weights) if have_shared and "quality" not in skip else []
-    steps = steps_table(args.shared, weights, [int(x) for x in args.steps.split(",") if x]) if have_shared and "steps" not in skip else []
+    quality = quality_table(args.shared, weights) if have_shared and "quality" not in skip else old_quality
+    steps = (steps_table(args.shared, weights, [int(x) for x in args.steps.split(",") if x])
+             if have_shared and "steps" not in skip else old_steps)
     robust = robustness_table(args.shared, weights) if have_shared and "robust" not in skip else []
     replace_section(args.out, "models", markdown(costs, quality, robust, steps, weights))
     print(f"wrote {args.out}")
