@@ -261,7 +261,11 @@ def markdown(costs: list[dict], quality: list[dict], robust: list[dict], steps: 
                          f"{', '.join(format(r['psnr'], '.2f') for r in sel)} | {np.median([r['seconds'] for r in sel]):.2f} |")
     if steps:
         lines += ["", "HSR-Diff at ×32 (`cave-mhf-x32`, same scenes): quality against the number of sampling steps "
-                  "(DDIM η = 0, deterministic; the paper's ancestral sampler at 100 steps, seed 0):", "",
+                  "(DDIM η = 0, deterministic, seed 0; the paper's ancestral sampler at 100 steps where listed). "
+                  "The only trained CDFormer (a CPU run, not shipped) equals its GSA prior at every step count: its "
+                  "reconstruction layer never left zero (docs/models/hsr-diff.md), so 16 steps and the 100-step sampler "
+                  "were not run in the last refresh (≈ 4 and ≈ 25 CPU-minutes per scene); the step study is only "
+                  "meaningful for a model that learned something (GPU).", "",
                   "| sampler | steps | mean PSNR | mean SAM | mean ERGAS | s / scene (CPU) |", "|---|---:|---:|---:|---:|---:|"]
         for key in dict.fromkeys((r["sampler"], r["steps"]) for r in steps):
             sel = [r for r in steps if (r["sampler"], r["steps"]) == key]
@@ -287,15 +291,16 @@ def markdown(costs: list[dict], quality: list[dict], robust: list[dict], steps: 
     return "\n".join(lines) + "\n"
 
 
-def rows_from_log(path: Path) -> tuple[list[dict], list[dict], list[dict]]:
-    """(costs, quality, steps) rows re-read from the printed lines of an earlier run (``--from-log``).
+def rows_from_log(path: Path) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
+    """(costs, quality, steps, robustness) rows re-read from the printed lines of earlier runs (``--from-log``).
 
     Lets a long run be finished in parts (e.g. the robustness table alone) without re-measuring;
     the values are the printed ones (PSNR to 0.01 dB, times to the printed precision).
     """
     import re
 
-    costs, quality, steps = [], [], []
+    costs, quality, steps, robust = [], [], [], []
+    r_re = re.compile(r"^(\S+)\s+(nikon-d700 \(training\)|\S+)\s+(gsa|csakd-s SRF-aug|csakd-s)\s+PSNR\s+([\d.]+) SAM\s+([\d.]+)$")
     cost_re = re.compile(r"^(.+?)\s{2,}(shipped|trained, not shipped|untrained \(default widths\))\s+([\d.]+) M\s+([\d.]+) GFLOPs\s+CPU\s+(\d+) ms")
     q_re = re.compile(r"^(cave-\S+) (\S+)\s+(.+?)\s+PSNR\s+([\d.]+) SAM\s+([\d.]+) ERGAS\s+([\d.]+)\s+([\d.]+) s$")
     s_re = re.compile(r"^hsr-diff (\S+)\s+(\d+) steps (\S+)\s+PSNR\s+([\d.]+) SAM\s+([\d.]+)\s+([\d.]+) s$")
@@ -309,7 +314,9 @@ def rows_from_log(path: Path) -> tuple[list[dict], list[dict], list[dict]]:
         elif m := s_re.match(line):
             steps.append({"sampler": m[1], "steps": int(m[2]), "scene": m[3], "psnr": float(m[4]), "sam": float(m[5]),
                           "ergas": float("nan"), "seconds": float(m[6])})
-    return costs, quality, steps
+        elif m := r_re.match(line):
+            robust.append({"scene": m[1], "camera": m[2], "method": m[3], "psnr": float(m[4]), "sam": float(m[5])})
+    return costs, quality, steps, robust
 
 
 def main() -> None:
@@ -321,20 +328,23 @@ def main() -> None:
                     help="glob of trained-but-not-shipped weights records to include (marked as such)")
     ap.add_argument("--steps", default="1,2,4,8,16,100", help="HSR-Diff sampling steps to compare (empty: skip)")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: cost,quality,steps,robust")
-    ap.add_argument("--from-log", type=Path, default=None,
-                    help="take the skipped parts' rows from the printed output of an earlier run")
+    ap.add_argument("--from-log", type=Path, action="append", default=None,
+                    help="take the skipped parts' rows from the printed output of earlier runs (repeatable)")
     args = ap.parse_args()
     import glob
 
     skip = set(filter(None, args.skip.split(",")))
     weights = trained_weights([Path(p) for p in sorted(glob.glob(args.candidates))])
-    old_costs, old_quality, old_steps = rows_from_log(args.from_log) if args.from_log else ([], [], [])
+    old_costs, old_quality, old_steps, old_robust = [], [], [], []
+    for log in args.from_log or []:
+        c, q, st, r = rows_from_log(log)
+        old_costs, old_quality, old_steps, old_robust = old_costs + c, old_quality + q, old_steps + st, old_robust + r
     costs = cost_table(args.repeats, weights) if "cost" not in skip else old_costs
     have_shared = (args.shared / "cave").is_dir()
     quality = quality_table(args.shared, weights) if have_shared and "quality" not in skip else old_quality
     steps = (steps_table(args.shared, weights, [int(x) for x in args.steps.split(",") if x])
              if have_shared and "steps" not in skip else old_steps)
-    robust = robustness_table(args.shared, weights) if have_shared and "robust" not in skip else []
+    robust = robustness_table(args.shared, weights) if have_shared and "robust" not in skip else old_robust
     replace_section(args.out, "models", markdown(costs, quality, robust, steps, weights))
     print(f"wrote {args.out}")
 

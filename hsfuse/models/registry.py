@@ -107,14 +107,14 @@ _ENTRIES: list[ModelEntry] = [
     ModelEntry(
         "hyfusion", "supervised", "HyFusion: enhanced-reception-field (shifted-window) transformer with a dual-coupled network.",
         "hsfuse.models.zoo_fuser:HyFusionFuser", "band counts and scale of the trained weights",
-        paper="Hsu, Lee, Kang et al., HyFusion (arXiv 2501.04665)", needs_psf=True, weights=("hyfusion-cave-gauss-x8",),
+        paper="Hsu, Lee, Kang et al., HyFusion (arXiv 2501.04665)", needs_psf=True, weights=("hyfusion-cave-gauss-x8", "hyfusion-cave-mhf-x32"),
         default_overlap=64,
     ),
     ModelEntry(
         "mulsr", "supervised", "MulSR: one network for two scale factors, direction-aware interaction + feedback correction.",
         "hsfuse.models.zoo_fuser:MulSRFuser", "band counts and the two scales of the trained weights",
         paper="MulSR, Multi-Scale Factor Joint Learning for HSI SR (IEEE TGRS)", needs_psf=True,
-        weights=("mulsr-cave-gauss-x8",), default_overlap=32,
+        weights=("mulsr-cave-gauss-x8", "mulsr-cave-mhf-x32"), default_overlap=32,
     ),
     ModelEntry(
         "hsr-diff", "supervised",
