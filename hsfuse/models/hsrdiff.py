@@ -366,12 +366,9 @@ class HSRDiffFuser(Fuser):
             raise UsageError(f"steps must be in 1..{self.schedule.timesteps}, got {self.steps}")
         self.eta = 0.0 if self.sampler == "ddim" else 1.0
         self.net.to(device).eval()
-        self.prior_fuser = None
-        if self.net.prior:  # the network refines the classical estimate, fitted on the whole scene
-            from .classical import DetailInjection
+        from .zoo_fuser import prior_for
 
-            self.prior_fuser = DetailInjection(problem, device, "fp32")
-        prior_halo = int(getattr(self.prior_fuser, "halo_lr", 0)) if self.prior_fuser is not None else 0
+        self.prior_fuser, prior_halo = prior_for(self.net, problem, device)  # prior=True: refines GSA
         self.halo_bound = self.net.halo_lr(problem.scale, self.steps) + prior_halo
         self.halo_lr = int(opts.get("halo_lr", self.halo_bound))
         self.tile_origin: tuple[int, int] | None = None  # an engine may set this before fuse_tile

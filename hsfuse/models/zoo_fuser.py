@@ -116,6 +116,16 @@ def load_checked(weights_path: Path, problem: FusionProblem, build) -> tuple[Any
     return net, rec
 
 
+def prior_for(net, problem: FusionProblem, device: str):
+    """(GSA fuser, its halo in LR pixels) for a ``prior=True`` network, else (None, 0); fit it on the whole scene."""
+    if not getattr(net, "prior", False):
+        return None, 0
+    from .classical import DetailInjection
+
+    fuser = DetailInjection(problem, device, "fp32")
+    return fuser, int(getattr(fuser, "halo_lr", 0))
+
+
 class NetworkFuser(Fuser):
     """Any network of :data:`ARCHITECTURES` with trained weights; optionally refining the GSA estimate."""
 
@@ -130,17 +140,11 @@ class NetworkFuser(Fuser):
         self.weights_path = Path(stem)
         self.net, self.record = load_checked(self.weights_path, problem, build_network)
         self.net.to(device).eval()
-        self.prior_fuser = self._make_prior() if getattr(self.net, "prior", False) else None
+        self.prior_fuser, prior_halo = prior_for(self.net, problem, device)
         net_halo = int(math.ceil(self.net.receptive_radius_hr(problem.scale) / problem.scale))
-        prior_halo = int(getattr(self.prior_fuser, "halo_lr", 0)) if self.prior_fuser is not None else 0
         self.halo_bound = net_halo + prior_halo
         measured = self.record.get("halo_lr", {}).get(str(problem.scale)) if isinstance(self.record.get("halo_lr"), dict) else None
         self.halo_lr = int(problem.options.get("halo_lr", measured if measured is not None else self.halo_bound))
-
-    def _make_prior(self):
-        from .classical import DetailInjection
-
-        return DetailInjection(self.problem, self.device, "fp32")
 
     def fit(self, lr: np.ndarray, msi_lr: np.ndarray) -> None:
         if self.prior_fuser is not None:
