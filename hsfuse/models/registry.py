@@ -107,7 +107,7 @@ _ENTRIES: list[ModelEntry] = [
     ModelEntry(
         "hyfusion", "supervised", "HyFusion: enhanced-reception-field (shifted-window) transformer with a dual-coupled network.",
         "hsfuse.models.zoo_fuser:HyFusionFuser", "band counts and scale of the trained weights",
-        paper="Hsu, Lee, Kang et al., HyFusion (arXiv 2501.04665)", needs_psf=True, weights=("hyfusion-cave-gauss-x8", "hyfusion-cave-mhf-x32"),
+        paper="Hsu, Lee, Kang et al., HyFusion (arXiv 2501.04665)", needs_psf=True, weights=("hyfusion-cave-gauss-x8",),
         default_overlap=64,
     ),
     ModelEntry(
