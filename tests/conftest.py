@@ -39,3 +39,14 @@ def smooth_cube(bands: int = 8, height: int = 32, width: int = 32, seed: int = 0
 @pytest.fixture
 def cube_small() -> np.ndarray:
     return smooth_cube()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run a test with one torch thread (small networks: faster and deterministic on shared CI cores)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

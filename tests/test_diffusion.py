@@ -15,12 +15,7 @@ from hsfuse.models import diffusion as D  # noqa: E402
 F = torch.nn.functional
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ----------------------------------------------------------------------------- schedule

@@ -22,12 +22,7 @@ from hsfuse.weights import save_weights  # noqa: E402
 TINY = dict(bands=5, msi_bands=3, width=8, depth=2, heads=2, window=3, ffn_expansion=1.5, emb_dim=16)
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_net(seed: int = 0, **over) -> CDFormer:
