@@ -10,7 +10,8 @@ where weights exist. Then quality on the validation scenes at ×8 (`cave-gauss-x
 (`cave-mhf-x32`) of every trained model — shipped ones from weights/, and models that did not beat
 their GSA prior from the run folders (``runs/*/candidate-*``, marked "not shipped") — next to
 bicubic, CNMF and detail injection (gsa), all through the same engine in the same run; HSR-Diff
-quality against its number of sampling steps; and the camera-robustness table.
+quality against its number of sampling steps; the camera-robustness table; and generated scenes whose
+spectra no training scene has (the demo's generator).
 GPU timings need the GPU machine; none was available when this was run (the table says so).
 """
 
@@ -53,8 +54,11 @@ def trained_weights(candidates: list[Path]) -> dict[tuple[str, int], tuple[Path,
         model = rec.get("registry_model") or ("csakd-s" if str(rec.get("architecture", "")).startswith("csakd-") else None)
         if model is None:
             continue
-        if "anyrgb" in json_path.stem or (rec.get("training_data") or {}).get("srf_augmentation"):
-            model += " (SRF-augmented)"
+        td = rec.get("training_data") or {}
+        tags = (["spectral"] if td.get("spectral_augmentation") else []) + (
+            ["SRF"] if "anyrgb" in json_path.stem or td.get("srf_augmentation") else [])
+        if tags:
+            model += f" ({'+'.join(tags)}-augmented)"
         for sc in rec.get("scales", []):
             out.setdefault((model, int(sc)), (json_path.with_suffix(""), shipped))
     return out
@@ -141,10 +145,13 @@ def evaluate(shared: Path, scene: str, protocol: str, method: str, options: dict
     from hsfuse.protocols import get_protocol, read_protocol_input
     from hsfuse.srf import load_srf
 
-    proto = get_protocol(protocol)
+    base, _, at = protocol.partition("@x")  # "cave-gauss-x8@x4": the protocol's PSF binned to x4 (Psf.rescaled)
+    proto = get_protocol(base)
     with open_cube(shared / "cave" / f"{scene}_ms") as src:
         z, _ = read_protocol_input(src, proto.input_scaling)
     psf, srf = proto.build()
+    if at:
+        psf = psf.rescaled(int(at))
     if srf_name:
         srf = load_srf(srf_name, np.arange(400.0, 701.0, 10.0), BANDS).matrix
     lr, msi = degrade_cube(z, psf, srf)
@@ -156,15 +163,17 @@ def evaluate(shared: Path, scene: str, protocol: str, method: str, options: dict
 
 
 PROTOCOLS = {"cave-gauss-x8": 8, "cave-mhf-x32": 32}
+JOINT_PROTOCOLS = {"cave-gauss-x8@x4": 4}  # rows only when a model was trained for that scale (MulSR --joint-scale)
 
 
 def quality_table(shared: Path, weights: dict, diffusion_steps: int = 8) -> list[dict]:
     """Every method with weights for the protocol's scale, and the classical baselines, in one run."""
     rows = []
-    for protocol, scale in PROTOCOLS.items():
+    protocols = {**PROTOCOLS, **{p: s for p, s in JOINT_PROTOCOLS.items() if any(sc == s for _, sc in weights)}}
+    for protocol, scale in protocols.items():
         methods: list[tuple[str, str, dict]] = [(m, m, {}) for m in ("bicubic", "cnmf", "gsa")]
         for (model, sc), (stem, shipped) in sorted(weights.items()):
-            if sc != scale or "SRF-augmented" in model:
+            if sc != scale or "augmented" in model:  # those are in the camera-robustness table
                 continue
             label = model if shipped else f"{model} (not shipped)"
             opts = {"weights": str(stem)}
@@ -206,6 +215,9 @@ def robustness_table(shared: Path, weights: dict) -> list[dict]:
     methods = [("gsa", "gsa", {}), ("csakd-s", "csakd-s", {"weights": str(weights[("csakd-s", 8)][0])})]
     if ("csakd-s (SRF-augmented)", 8) in weights:
         methods.append(("csakd-s SRF-aug", "csakd-s", {"weights": str(weights[("csakd-s (SRF-augmented)", 8)][0])}))
+    if ("csakd-s (spectral+SRF-augmented)", 8) in weights:
+        stem, shipped = weights[("csakd-s (spectral+SRF-augmented)", 8)]
+        methods.append(("csakd-s spec+SRF-aug" + ("" if shipped else " (not shipped)"), "csakd-s", {"weights": str(stem)}))
     rows = []
     for camera in ("nikon-d700 (training)",) + CAMERAS:
         for label, method, opts in methods:
@@ -216,11 +228,42 @@ def robustness_table(shared: Path, weights: dict) -> list[dict]:
     return rows
 
 
+def demo_table(weights: dict, size: int = 512, seeds: tuple[int, ...] = (0, 1)) -> list[dict]:
+    """Scenes whose spectra no training scene has: the generated demo scene (hsfuse.demo), x8, every x8 model.
+
+    No third-party data: the scene is generated (``synthetic_scene``), degraded with the cave-gauss
+    form (8×8 Gaussian block, σ = 2) and the Nikon 5100 RGB curve (the README demo's camera).
+    """
+    from hsfuse.degrade import Psf, degrade_cube, gaussian_kernel
+    from hsfuse.demo import WAVELENGTHS, synthetic_scene
+    from hsfuse.fusion.engine import FuseConfig, fuse_arrays
+    from hsfuse.metrics import compute_metrics
+    from hsfuse.srf import load_srf
+
+    psf = Psf.block(gaussian_kernel(8, 2.0))
+    srf = load_srf("nikon-5100", WAVELENGTHS, len(WAVELENGTHS)).matrix
+    methods = [(m, m, {}) for m in ("bicubic", "gsa")]
+    for (model, sc), (stem, shipped) in sorted(weights.items()):
+        if sc == 8:
+            methods.append((model if shipped else f"{model} (not shipped)", model.split(" (")[0], {"weights": str(stem)}))
+    rows = []
+    for seed in seeds:
+        z = synthetic_scene(size, seed)
+        lr, msi = degrade_cube(z, psf, srf)
+        for label, method, opts in methods:
+            est = fuse_arrays(lr, msi, FuseConfig(model=method, psf=psf, srf=srf, device="cpu", options=opts))
+            m = compute_metrics(z, est, scale=8, peak=1.0, ssim=False, uiqi=False, maps=False).summary
+            rows.append({"scene": f"demo-{size}-seed{seed}", "method": label, "psnr": m["psnr"], "sam": m["sam"]})
+            print(f"demo demo-{size}-seed{seed} {label:40s} PSNR {m['psnr']:6.2f} SAM {m['sam']:5.2f}", flush=True)
+    return rows
+
+
 def _mean(rows, key):
     return float(np.mean([r[key] for r in rows]))
 
 
-def markdown(costs: list[dict], quality: list[dict], robust: list[dict], steps: list[dict], weights: dict) -> str:
+def markdown(costs: list[dict], quality: list[dict], robust: list[dict], steps: list[dict], weights: dict,
+             demo: list[dict] | None = None) -> str:
     from hsfuse.weights import read_record
 
     lines = ["## Networks (`benchmarks/bench_models.py`)", "",
@@ -278,8 +321,9 @@ def markdown(costs: list[dict], quality: list[dict], robust: list[dict], steps: 
         lines += ["", "Robustness to the user's camera: the RGB made with other response curves than the Nikon D700 "
                   "curve of the protocol (`cave-gauss-x8` otherwise; mean over the validation scenes). `gsa` refits its "
                   "regression per scene; `csakd-s` was trained with the D700 curve only; `csakd-s SRF-aug` was fine-tuned "
-                  "with the D700 and Nikon 5100 curves plus random smooth perturbations (Sigma SD Merrill and CIE 1931 "
-                  "never seen in training):", "",
+                  "with the D700 and Nikon 5100 curves plus random smooth perturbations, `csakd-s spec+SRF-aug` also with "
+                  "re-coloured copies of the training scenes (`--spectral-augment`); Sigma SD Merrill and CIE 1931 "
+                  "never seen in training:", "",
                   "| RGB camera | " + " | ".join(f"{m} PSNR / SAM" for m in labels) + " | " +
                   " | ".join(f"{m} − gsa (dB)" for m in labels if m != "gsa") + " |",
                   "|---|" + "---:|" * (2 * len(labels) - 1)]
@@ -288,19 +332,35 @@ def markdown(costs: list[dict], quality: list[dict], robust: list[dict], steps: 
             cells = [f"{_mean(means[m], 'psnr'):.2f} / {_mean(means[m], 'sam'):.2f}" for m in labels]
             deltas = [f"{_mean(means[m], 'psnr') - _mean(means['gsa'], 'psnr'):+.2f}" for m in labels if m != "gsa"]
             lines.append(f"| {camera} | " + " | ".join(cells + deltas) + " |")
+    if demo:
+        labels = list(dict.fromkeys(r["method"] for r in demo))
+        scenes = list(dict.fromkeys(r["scene"] for r in demo))
+        lines += ["", "Spectra no training scene has: generated demo scenes (`hsfuse.demo.synthetic_scene`, 512², "
+                  "two seeds; materials are smooth spectral bumps, unlike CAVE's), ×8 with the 8×8 Gaussian block "
+                  "(σ = 2) and the Nikon 5100 RGB curve, true PSF/SRF given. `gsa` refits its regression per scene; "
+                  "the networks carry what they learned from CAVE:", "",
+                  "| method | " + " | ".join(f"{sc} PSNR / SAM" for sc in scenes) + " | mean − gsa (dB) |",
+                  "|---|" + "---:|" * (len(scenes) + 1)]
+        g = _mean([r for r in demo if r["method"] == "gsa"], "psnr")
+        for m in labels:
+            sel = {r["scene"]: r for r in demo if r["method"] == m}
+            cells = [f"{sel[sc]['psnr']:.2f} / {sel[sc]['sam']:.2f}" for sc in scenes]
+            lines.append(f"| {m} | " + " | ".join(cells) + f" | {_mean(list(sel.values()), 'psnr') - g:+.2f} |")
     return "\n".join(lines) + "\n"
 
 
-def rows_from_log(path: Path) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
-    """(costs, quality, steps, robustness) rows re-read from the printed lines of earlier runs (``--from-log``).
+def rows_from_log(path: Path) -> tuple[list[dict], list[dict], list[dict], list[dict], list[dict]]:
+    """(costs, quality, steps, robustness, demo) rows re-read from the printed lines of earlier runs (``--from-log``).
 
     Lets a long run be finished in parts (e.g. the robustness table alone) without re-measuring;
     the values are the printed ones (PSNR to 0.01 dB, times to the printed precision).
     """
     import re
 
-    costs, quality, steps, robust = [], [], [], []
-    r_re = re.compile(r"^(\S+)\s+(nikon-d700 \(training\)|\S+)\s+(gsa|csakd-s SRF-aug|csakd-s)\s+PSNR\s+([\d.]+) SAM\s+([\d.]+)$")
+    costs, quality, steps, robust, demo = [], [], [], [], []
+    d_re = re.compile(r"^demo (\S+) (.+?)\s+PSNR\s+([\d.]+) SAM\s+([\d.]+)$")
+    r_re = re.compile(r"^(\S+)\s+(nikon-d700 \(training\)|\S+)\s+(gsa|csakd-s spec\+SRF-aug(?: \(not shipped\))?|csakd-s SRF-aug|csakd-s)"
+                      r"\s+PSNR\s+([\d.]+) SAM\s+([\d.]+)$")
     cost_re = re.compile(r"^(.+?)\s{2,}(shipped|trained, not shipped|untrained \(default widths\))\s+([\d.]+) M\s+([\d.]+) GFLOPs\s+CPU\s+(\d+) ms")
     q_re = re.compile(r"^(cave-\S+) (\S+)\s+(.+?)\s+PSNR\s+([\d.]+) SAM\s+([\d.]+) ERGAS\s+([\d.]+)\s+([\d.]+) s$")
     s_re = re.compile(r"^hsr-diff (\S+)\s+(\d+) steps (\S+)\s+PSNR\s+([\d.]+) SAM\s+([\d.]+)\s+([\d.]+) s$")
@@ -314,9 +374,11 @@ def rows_from_log(path: Path) -> tuple[list[dict], list[dict], list[dict], list[
         elif m := s_re.match(line):
             steps.append({"sampler": m[1], "steps": int(m[2]), "scene": m[3], "psnr": float(m[4]), "sam": float(m[5]),
                           "ergas": float("nan"), "seconds": float(m[6])})
+        elif m := d_re.match(line):
+            demo.append({"scene": m[1], "method": m[2].strip(), "psnr": float(m[3]), "sam": float(m[4])})
         elif m := r_re.match(line):
             robust.append({"scene": m[1], "camera": m[2], "method": m[3], "psnr": float(m[4]), "sam": float(m[5])})
-    return costs, quality, steps, robust
+    return costs, quality, steps, robust, demo
 
 
 def main() -> None:
@@ -327,7 +389,7 @@ def main() -> None:
     ap.add_argument("--candidates", default=str(REPO / "runs" / "*" / "candidate-*.json"),
                     help="glob of trained-but-not-shipped weights records to include (marked as such)")
     ap.add_argument("--steps", default="1,2,4,8,16,100", help="HSR-Diff sampling steps to compare (empty: skip)")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: cost,quality,steps,robust")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: cost,quality,steps,robust,demo")
     ap.add_argument("--from-log", type=Path, action="append", default=None,
                     help="take the skipped parts' rows from the printed output of earlier runs (repeatable)")
     args = ap.parse_args()
@@ -335,17 +397,19 @@ def main() -> None:
 
     skip = set(filter(None, args.skip.split(",")))
     weights = trained_weights([Path(p) for p in sorted(glob.glob(args.candidates))])
-    old_costs, old_quality, old_steps, old_robust = [], [], [], []
+    old_costs, old_quality, old_steps, old_robust, old_demo = [], [], [], [], []
     for log in args.from_log or []:
-        c, q, st, r = rows_from_log(log)
-        old_costs, old_quality, old_steps, old_robust = old_costs + c, old_quality + q, old_steps + st, old_robust + r
+        c, q, st, r, d = rows_from_log(log)
+        old_costs, old_quality, old_steps, old_robust, old_demo = (old_costs + c, old_quality + q, old_steps + st,
+                                                                   old_robust + r, old_demo + d)
     costs = cost_table(args.repeats, weights) if "cost" not in skip else old_costs
     have_shared = (args.shared / "cave").is_dir()
     quality = quality_table(args.shared, weights) if have_shared and "quality" not in skip else old_quality
     steps = (steps_table(args.shared, weights, [int(x) for x in args.steps.split(",") if x])
              if have_shared and "steps" not in skip else old_steps)
     robust = robustness_table(args.shared, weights) if have_shared and "robust" not in skip else old_robust
-    replace_section(args.out, "models", markdown(costs, quality, robust, steps, weights))
+    demo = demo_table(weights) if "demo" not in skip else old_demo
+    replace_section(args.out, "models", markdown(costs, quality, robust, steps, weights, demo))
     print(f"wrote {args.out}")
 
 

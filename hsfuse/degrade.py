@@ -98,6 +98,27 @@ class Psf:
         """Degrade a (C, H, W) array; H and W must be multiples of the scale."""
         return spatial_degrade(z, self)
 
+    def rescaled(self, scale: int) -> "Psf":
+        """The same PSF shape for a smaller integer scale that divides this one (kernel binned by scale ratio).
+
+        Why: a network serving two scale factors (MulSR) is trained on pairs degraded at both; the
+        second PSF must be the first one's footprint shrunk by the ratio, e.g. the 8x8 Gaussian block
+        of σ = 2 becomes a 4x4 block of σ ≈ 1.
+        """
+        scale = int(scale)
+        if scale == self.scale:
+            return self
+        if scale < 1 or self.scale % scale:
+            raise ValueError(f"scale x{scale} does not divide this PSF's scale x{self.scale}")
+        r = self.scale // scale
+        q = (-self.pad) % r  # zeros around the kernel so its offset is a whole number of new pixels
+        kern, pad = np.pad(self.kernel, q), self.pad + q
+        k = kern.shape[0]
+        if k % r:
+            raise ValueError(f"a {self.size}x{self.size} kernel with pad {self.pad} cannot be binned by {r}")
+        kern = kern.reshape(k // r, r, k // r, r).sum(axis=(1, 3))
+        return Psf(kern / kern.sum(), scale, pad=pad // r, border=self.border, name=f"{self.name} binned x{r}")
+
 
 def _pad_mode(border: str) -> tuple[str, dict]:
     return {

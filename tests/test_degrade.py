@@ -186,3 +186,24 @@ def test_cave_protocols_on_real_scene(shared_data):
     i, j = 5, 11
     expected = np.einsum("ab,cab->c", m["C"], z[:, 32 * i:32 * i + 32, 32 * j:32 * j + 32])
     np.testing.assert_allclose(lr32[:, i, j], expected, atol=1e-12)
+
+
+def test_psf_rescaled_bins_the_kernel_to_the_smaller_footprint():
+    import pytest
+
+    from hsfuse.degrade import Psf, box_kernel, gaussian_kernel
+
+    box = Psf.box(8).rescaled(4)
+    np.testing.assert_allclose(box.kernel, box_kernel(4))
+    assert (box.scale, box.pad) == (4, 0)
+    g = Psf.block(gaussian_kernel(8, 2.0)).rescaled(4)
+    x = np.arange(4) - 1.5
+    marg = g.kernel.sum(1)
+    assert g.kernel.shape == (4, 4) and abs(g.kernel.sum() - 1) < 1e-12
+    assert abs(float(marg @ x)) < 1e-12 and 0.85 < float(np.sqrt(marg @ x ** 2)) < 1.1  # σ 2 at x8 -> about 1 at x4
+    conv = Psf.gaussian(4)  # 14x14 kernel, pad 5: padded by one zero so the offset is whole new pixels
+    half = conv.rescaled(2)
+    assert (half.size, half.pad) == (8, 3) and half.size - 2 * half.pad == 2
+    assert Psf.box(8).rescaled(8) is not None
+    with pytest.raises(ValueError, match="divide"):
+        Psf.box(8).rescaled(3)

@@ -62,6 +62,51 @@ def test_parameter_count_and_record_round_trip():
         build_from_record("csakd-student", net.config)
 
 
+def test_residual_space_diffusion_maps_back_and_starts_at_the_base():
+    """residual_scale r: the diffusion variable is (x - base)/r; untrained, x̂0 is the base; the record keeps r."""
+    torch.manual_seed(0)
+    net = CDFormer(**{**TINY, "residual_scale": 0.01}).eval()
+    lr, msi = torch.rand(2, 5, 4, 4), torch.rand(2, 3, 16, 16)
+    x = torch.rand(2, 5, 16, 16)
+    with torch.no_grad():
+        cond = net.encode(lr, msi)
+        z = net.to_latent(x, cond)
+        np.testing.assert_allclose(net.from_latent(z, cond).numpy(), x.numpy(), atol=1e-6)
+        np.testing.assert_allclose(z.numpy(), ((x - cond.base) / 0.01).numpy(), rtol=1e-5, atol=1e-4)
+        out = net(lr, msi, torch.randn_like(x), torch.tensor([0.3, 0.9]))
+    assert torch.equal(out, cond.base)  # zero reconstruction conv: the base, whatever x_t is
+    assert build_from_record("hsrdiff-cdformer", net.config).residual_scale == 0.01
+    assert "residual_scale" not in CDFormer(**TINY).config  # image-space records stay as they were
+    with pytest.raises(ValueError, match="residual_scale"):
+        CDFormer(**{**TINY, "residual_scale": -1.0})
+
+
+def test_residual_space_loss_is_zero_for_a_perfect_denoiser():
+    torch.manual_seed(0)
+    net = CDFormer(**{**TINY, "residual_scale": 0.01})
+    hr = torch.rand(2, 5, 16, 16)
+    psf = Psf.gaussian(4)
+    srf = np.random.default_rng(0).random((3, 5)) / 5
+    lr, msi = D.torch_spatial_degrade(hr, psf), D.torch_apply_srf(hr, srf)
+    cond = net.encode(lr, msi)
+    latent = (lambda x: net.to_latent(x, cond), lambda z: net.from_latent(z, cond))
+    seen = {}
+
+    def oracle(z_t, g):  # the exact clean latent: x̂0 maps back to hr
+        seen["z_t"] = z_t
+        return net.to_latent(hr, cond)
+
+    total, _ = D.diffusion_loss(oracle, hr, lr, msi, D.NoiseSchedule(), psf=psf, srf=srf, latent=latent,
+                                loss_scale=100.0, generator=torch.Generator().manual_seed(0))
+    assert float(total) < 1e-3
+    # the noised variable lives in residual space (unit scale), not image space
+    assert 0.3 < float(seen["z_t"].std()) < 200
+    total, parts = D.diffusion_loss(lambda z, g: torch.zeros_like(z), hr, lr, msi, D.NoiseSchedule(), latent=latent,
+                                    loss_scale=100.0, generator=torch.Generator().manual_seed(0))
+    expected = 100.0 * float((cond.base - hr).abs().mean())  # zero residual = the base's error, scaled
+    assert float(parts["l1"]) == pytest.approx(expected, rel=1e-4)
+
+
 def test_bad_inputs_are_explained():
     net = tiny_net()
     with pytest.raises(ValueError, match="bands"):
@@ -128,15 +173,22 @@ class TinyFuser(HSRDiffFuser):
     """HSR-Diff with a tiny randomly initialised CDFormer instead of trained weights."""
 
     name = "hsr-diff-tiny"
+    residual_scale = 0.0
 
     def _load_network(self):
         p = self.problem
-        return tiny_net(7, bands=p.lr_bands, msi_bands=p.msi_bands), {"architecture": "hsrdiff-cdformer"}
+        net = tiny_net(7, bands=p.lr_bands, msi_bands=p.msi_bands, residual_scale=self.residual_scale)
+        return net, {"architecture": "hsrdiff-cdformer"}
 
 
-@pytest.fixture
-def tiny_model(monkeypatch):
-    entry = registry.ModelEntry("hsr-diff-tiny", "zero-shot", "test", "test_hsrdiff:TinyFuser", "any")
+class TinyResidualFuser(TinyFuser):
+    residual_scale = 0.05
+
+
+@pytest.fixture(params=["image", "residual"])
+def tiny_model(monkeypatch, request):
+    cls = "TinyFuser" if request.param == "image" else "TinyResidualFuser"
+    entry = registry.ModelEntry("hsr-diff-tiny", "zero-shot", "test", f"test_hsrdiff:{cls}", "any")
     monkeypatch.setitem(registry.REGISTRY, entry.name, entry)
     return entry.name
 

@@ -244,6 +244,44 @@ def test_zoo_model_trains_exports_and_fuses(tmp_path, synth, model, prior):
     assert abs(got - rec["validation_metrics"]["model"]["scenes"]["synthetic_2"]["psnr"]) < 0.5, model
 
 
+def test_mulsr_joint_two_scale_training_serves_both_scales(tmp_path, synth):
+    """--joint-scale: one batch per scale each step; the record lists both scales with validation at each,
+    and the registry fuser runs at the small scale with the binned PSF."""
+    from hsfuse.fusion.base import FusionProblem
+    from hsfuse.models.classical import fuse_arrays
+    from hsfuse.models.zoo_fuser import MulSRFuser
+    from hsfuse.train.data import at_scale, rescaled_scenes
+    from hsfuse.train.loop import quick_metrics
+    from hsfuse.weights import load_weights
+
+    scenes, fm = synth
+    stem = tmp_path / "w" / "mulsr-joint"
+    cfg = tiny(tmp_path, model="mulsr", model_kwargs=ZOO_KW["mulsr"], nf=0, heads=0, steps=6, batch=2, lr=3e-3,
+               checkpoint_every=3, joint_scale=2, export=str(stem), export_if_better=False, stop_after=3)
+    train(cfg, scenes=scenes[:2], val_scenes=scenes[2:], fm=fm)
+    header = (tmp_path / "run" / "log.csv").read_text().splitlines()[0].split(",")
+    assert {"small", "large", "joint_small", "joint_large"} <= set(header)
+    # resume continues the joint sampler too: the finished run equals an uninterrupted one
+    res = train(TrainConfig(**{**cfg.to_dict(), "resume": True, "stop_after": 0}), scenes=scenes[:2], val_scenes=scenes[2:], fm=fm)
+    ref = train(TrainConfig(**{**cfg.to_dict(), "stop_after": 0, "out_dir": str(tmp_path / "ref"), "export": ""}),
+                scenes=scenes[:2], val_scenes=scenes[2:], fm=fm)
+    np.testing.assert_allclose(res.loss_history, ref.loss_history, rtol=1e-5)
+    _, rec = load_weights(stem)
+    assert rec["scales"] == [2, 4] and rec["training_data"]["joint_scale"]["scale"] == 2
+    joint = rec["validation_metrics"]["joint_scale"]
+    assert joint["scale"] == 2 and set(joint) >= {"model", "gsa", "bicubic"}
+
+    fm2 = at_scale(fm, 2)
+    assert fm2.psf.scale == 2 and fm2.psf.size * 2 <= fm.psf.size + 4
+    sc = rescaled_scenes(scenes[2:], fm2, True)[0]
+    problem = FusionProblem(scale=2, lr_bands=8, msi_bands=3, psf=fm2.psf, srf=fm.srf, options={"weights": str(stem)})
+    out = fuse_arrays(MulSRFuser(problem), sc.lr, sc.msi, problem)
+    assert out.shape == sc.hr.shape and np.isfinite(out).all()
+    assert abs(quick_metrics(sc.hr, out, 2)["psnr"] - joint["model"]["scenes"]["synthetic_2"]["psnr"]) < 0.5
+    with pytest.raises(UsageError, match="mulsr"):
+        TrainConfig(model="student", joint_scale=2)
+
+
 def test_unknown_loss_weight_names_the_model():
     with pytest.raises(UsageError, match="mftn"):
         TrainConfig(model="mftn", loss_weights={"kd": 1.0})
@@ -283,6 +321,34 @@ def test_srf_augmentation_variants_and_record(tmp_path, synth):
     _, rec = load_weights(stem)
     assert rec["training_data"]["srf_augmentation"]["random_perturbations"] == 2 and rec["srf_tolerance_nm"] == 25.0
     assert rec["srf_summary"]["sha256"] == srf_summary(fm.srf, None)["sha256"]
+
+
+def test_spectral_augmentation_recolours_scenes_and_records_it(tmp_path, synth):
+    import copy
+
+    from hsfuse.train.data import degrade, spectral_variants
+    from hsfuse.weights import load_weights
+
+    scenes, fm = synth
+    extra = spectral_variants(scenes[:2], fm, 2, seed=0, prior=True)
+    assert [e.name for e in extra] == [f"{s.name}#spectral{k}" for k in range(2) for s in scenes[:2]]
+    for e, src in zip(extra, scenes[:2] * 2):
+        gain = e.hr / np.maximum(src.hr, 1e-12)
+        per_band = gain.reshape(gain.shape[0], -1)
+        assert np.allclose(per_band, per_band[:, :1], rtol=1e-4)  # one gain per band: a re-colouring, not noise
+        assert not np.allclose(per_band[:, 0], per_band[0, 0], rtol=1e-2)  # and not a plain brightness change
+        assert e.hr.max() <= 1.0 + 1e-6 and e.hr.min() >= 0
+        lr, msi = degrade(e.hr, fm)  # LR and MSI made again from the re-coloured HR
+        np.testing.assert_allclose(e.lr, lr, atol=1e-6)
+        np.testing.assert_allclose(e.msi, msi, atol=1e-6)
+        assert e.prior is not None and not np.allclose(e.prior, src.prior)
+    stem = tmp_path / "w" / "spec"
+    own = copy.deepcopy(scenes)
+    cfg = tiny(tmp_path, spectral_augment=1, steps=3, export=str(stem), export_if_better=False)
+    train(cfg, scenes=own[:2], val_scenes=own[2:], fm=fm)
+    _, rec = load_weights(stem)
+    assert rec["training_data"]["spectral_augmentation"]["copies_per_scene"] == 1
+    assert rec["training_data"]["scenes"] == [s.name for s in own[:2]]  # the real scenes, not the copies
 
 
 def test_progressive_patch_schedule(tmp_path, synth):

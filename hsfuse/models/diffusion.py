@@ -183,8 +183,9 @@ DEFAULT_LOSS_WEIGHTS = {"l1": 1.0, "spatial": 0.5, "spectral": 0.5}
 
 def diffusion_loss(denoise: Denoiser, x0: torch.Tensor, lr: torch.Tensor, msi: torch.Tensor, schedule: NoiseSchedule,
                    *, psf: Psf | None = None, srf=None, generator: torch.Generator | None = None,
-                   weights: dict[str, float] | None = None,
-                   detach_parts: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                   weights: dict[str, float] | None = None, detach_parts: bool = True,
+                   latent: tuple[Callable, Callable] | None = None,
+                   loss_scale: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One training loss: noise ``x0`` to a random level, predict x̂0, compare.
 
     ``denoise(x_t, √γ) -> x̂0`` (close over the conditions, e.g. ``lambda x, g: net(lr, msi, x, g)``).
@@ -194,6 +195,8 @@ def diffusion_loss(denoise: Denoiser, x0: torch.Tensor, lr: torch.Tensor, msi: t
     see the patch's mirrored padding instead of the scene (the block form has halo 0).
     Levels and noise are drawn from ``generator`` (its device; moved to x0's). Returns (total, parts);
     ``detach_parts=False`` keeps the parts in the graph (the training loop sums them itself).
+    ``latent=(to, from)``: diffusion runs on ``to(x0)`` and the denoiser's output is mapped back with
+    ``from`` before the loss (e.g. CDFormer's residual space); ``loss_scale`` multiplies every term.
     """
     w = {**DEFAULT_LOSS_WEIGHTS, **(weights or {})}
     b = x0.shape[0]
@@ -201,8 +204,12 @@ def diffusion_loss(denoise: Denoiser, x0: torch.Tensor, lr: torch.Tensor, msi: t
     gdev = generator.device if generator is not None else x0.device
     eps = torch.randn(x0.shape, generator=generator, device=gdev, dtype=x0.dtype).to(x0.device)
     g = gamma.to(x0.dtype).view(b, *([1] * (x0.dim() - 1)))
-    x_t = g.sqrt() * x0 + (1 - g).sqrt() * eps
+    z0 = x0 if latent is None else latent[0](x0)
+    x_t = g.sqrt() * z0 + (1 - g).sqrt() * eps
     x0_hat = denoise(x_t, gamma.sqrt())
+    if latent is not None:
+        x0_hat = latent[1](x0_hat)
+    w = {k: v * loss_scale for k, v in w.items()}
     parts = {"l1": w["l1"] * F.l1_loss(x0_hat, x0)}
     if psf is not None and w.get("spatial", 0):
         low = torch_spatial_degrade(x0_hat, psf)

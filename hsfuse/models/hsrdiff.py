@@ -224,14 +224,20 @@ class CDFormer(nn.Module):
     """
 
     def __init__(self, bands: int, msi_bands: int, width: int = 64, depth: int = 4, heads: int = 4,
-                 window: int = 8, ffn_expansion: float = 2.0, emb_dim: int = 128, prior: bool = False):
+                 window: int = 8, ffn_expansion: float = 2.0, emb_dim: int = 128, prior: bool = False,
+                 residual_scale: float = 0.0):
         super().__init__()
         if width % heads:
             raise ValueError(f"width {width} is not divisible by heads {heads}")
         self.bands, self.msi_bands, self.width, self.depth, self.window = bands, msi_bands, width, depth, window
         self.prior = bool(prior)
+        if residual_scale < 0:
+            raise ValueError(f"residual_scale must be >= 0, got {residual_scale}")
+        self.residual_scale = float(residual_scale)
         self.config = dict(bands=bands, msi_bands=msi_bands, width=width, depth=depth, heads=heads, window=window,
                            ffn_expansion=ffn_expansion, emb_dim=emb_dim, prior=self.prior)
+        if self.residual_scale:
+            self.config["residual_scale"] = self.residual_scale
         shifts = [0 if i % 2 == 0 else window // 2 for i in range(depth)]
         # SR stream (prior=True: the classical detail-injection estimate is a third condition and the base)
         self.cond_embed = nn.Conv2d(bands * (2 if prior else 1) + msi_bands, width, 3, 1, 1)
@@ -281,7 +287,18 @@ class CDFormer(nn.Module):
             feats.append(f)
         return Conditions(feats, base, tuple(int(v) for v in origin))
 
+    # -- the space diffusion runs in
+    def to_latent(self, x: torch.Tensor, cond: Conditions) -> torch.Tensor:
+        """Image -> diffusion variable: the image itself, or with ``residual_scale`` r > 0 the residual
+        (x − base)/r. Why: the residual over the base (≈ 0.005 RMS at ×32) is what must be learned; in image
+        space it is buried under the image content of x_t and the noise, in residual space it has unit scale."""
+        return (x - cond.base) / self.residual_scale if self.residual_scale else x
+
+    def from_latent(self, z: torch.Tensor, cond: Conditions) -> torch.Tensor:
+        return cond.base + self.residual_scale * z if self.residual_scale else z
+
     def denoise(self, x_t: torch.Tensor, noise_level: torch.Tensor, cond: Conditions) -> torch.Tensor:
+        """x̂0 from x_t, both in the diffusion variable's space (see ``to_latent``)."""
         if x_t.shape != cond.base.shape:
             raise ValueError(f"x_t has shape {tuple(x_t.shape)}, the conditions {tuple(cond.base.shape)}")
         level = noise_level.reshape(-1).to(x_t.device)
@@ -293,11 +310,13 @@ class CDFormer(nn.Module):
         for layer, feat in zip(self.dn_layers, cond.feats):
             h = layer(h, feat, emb, cond.origin)
         y = self.recon(self.out_norm(h + h0).permute(0, 3, 1, 2))
-        return cond.base + y
+        return y if self.residual_scale else cond.base + y
 
     def forward(self, lr: torch.Tensor, msi: torch.Tensor, x_t: torch.Tensor, noise_level: torch.Tensor,
                 origin: Origin = (0, 0), prior: torch.Tensor | None = None) -> torch.Tensor:
-        return self.denoise(x_t, noise_level, self.encode(lr, msi, origin, prior))
+        """x̂0 (image space) from x_t given in the diffusion variable's space."""
+        cond = self.encode(lr, msi, origin, prior)
+        return self.from_latent(self.denoise(x_t, noise_level, cond), cond)
 
 
 def build_cdformer(bands: int = 31, msi_bands: int = 3, **overrides: Any) -> CDFormer:
@@ -411,7 +430,7 @@ class HSRDiffFuser(Fuser):
                     return self.net.denoise(x, level, cond).float()
 
             noise = D.tile_noise_fn(self.seed, (c, hh, ww), origin[0], origin[1], dev)
-            y = D.sample(denoise, self.schedule, steps=self.steps, eta=self.eta, noise=noise)
+            y = self.net.from_latent(D.sample(denoise, self.schedule, steps=self.steps, eta=self.eta, noise=noise), cond)
         return y[0].float().cpu().numpy()
 
     # -- tile position

@@ -40,6 +40,8 @@ class TrainConfig:
     noise_snr: float = 0.0  # dB; > 0 adds Gaussian noise of this SNR to LR and MSI patches
     srf_augment: int = 0  # SRF augmentation: this many random smooth perturbations of the SRFs (0: none)
     srf_augment_cameras: tuple[str, ...] = ()  # SRF augmentation: shipped response curves (hsfuse.srf names)
+    joint_scale: int = 0  # MulSR: also train on pairs at this second scale factor (its small_scale); 0: off
+    spectral_augment: int = 0  # this many re-coloured copies of each training scene (data.spectral_variants)
     srf_tolerance_nm: float = 10.0  # recorded: how far (band centroid/width, nm) an input SRF may be for `fuse` to pick it
     # model
     model: str = "student"  # student | teacher | mftn | hyfusion | mulsr | hsr-diff (hsfuse.train.objectives)
@@ -84,6 +86,12 @@ class TrainConfig:
             raise UsageError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
         if self.distill and self.model != "student":
             raise UsageError("distill trains a student from a co-trained teacher: use model = 'student'")
+        if self.joint_scale and self.model != "mulsr":
+            raise UsageError("joint_scale trains a network that serves two scale factors: use model = 'mulsr'")
+        if self.joint_scale < 0 or self.joint_scale == 1:
+            raise UsageError(f"joint_scale must be an integer scale factor >= 2 (or 0: off), got {self.joint_scale}")
+        if self.joint_scale and (self.srf_augment or self.srf_augment_cameras):
+            raise UsageError("joint_scale cannot be combined with SRF augmentation yet")
         for name in ("steps", "batch", "patch", "checkpoint_every", "val_every", "val_steps"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{name} must be positive, got {getattr(self, name)}")

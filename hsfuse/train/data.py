@@ -373,6 +373,55 @@ def add_srf_variants(scenes: Sequence[Scene], fm: "ForwardModel", srfs: Sequence
             sc.variants.append((msi, gsa_prior(sc.lr, msi, fm_v) if prior else None))
 
 
+def spectral_gain(wavelengths: np.ndarray, rng: np.random.Generator, amplitude: float = 0.4) -> np.ndarray:
+    """A smooth random positive curve over the bands: exp(three random cosines of amplitude ~``amplitude``)."""
+    wl = np.asarray(wavelengths, np.float64)
+    t = (wl - wl[0]) / max(float(wl[-1] - wl[0]), 1.0)
+    log_g = sum(rng.normal(0, amplitude / 2) * np.cos(np.pi * k * t + rng.uniform(0, 2 * np.pi)) for k in (1, 2, 3))
+    return np.exp(log_g).astype(np.float32)
+
+
+def spectral_variants(scenes: Sequence[Scene], fm: ForwardModel, n: int, seed: int, prior: bool) -> list[Scene]:
+    """``n`` re-coloured copies of every scene: HR spectra times a smooth random gain curve (rescaled to
+    stay in [0, 1]), LR, MSI and GSA prior made again from it.
+
+    Why: CAVE has few materials, so a network learns corrections tied to CAVE's spectra and makes the
+    GSA estimate worse on scenes whose spectra no training scene has. New spectral shapes under the
+    same cameras force the correction to come from the observations instead.
+    """
+    rng = np.random.default_rng(seed + 7919)
+    bands = scenes[0].hr.shape[0] if scenes else 0
+    wl = fm.wavelengths if fm.wavelengths is not None else np.linspace(400, 700, bands)
+    out = []
+    for k in range(n):
+        for sc in scenes:
+            hr = sc.hr * spectral_gain(wl, rng)[:, None, None]
+            hr = np.ascontiguousarray(hr / max(1.0, float(hr.max())), dtype=np.float32)
+            lr, msi = degrade(hr, fm)
+            out.append(Scene(f"{sc.name}#spectral{k}", hr, lr, msi, gsa_prior(lr, msi, fm) if prior else None))
+    return out
+
+
+def at_scale(fm: ForwardModel, scale: int) -> ForwardModel:
+    """The protocol at another scale factor: same SRF, PSF binned to the smaller footprint (``Psf.rescaled``)."""
+    if scale == fm.scale:
+        return fm
+    try:
+        psf = fm.psf.rescaled(scale)
+    except ValueError as e:
+        raise UsageError(f"protocol {fm.name} cannot be used at x{scale}: {e}") from None
+    return ForwardModel(f"{fm.name}@x{scale}", psf, fm.srf, fm.srf_name, fm.wavelengths, dict(fm.info))
+
+
+def rescaled_scenes(scenes: Sequence[Scene], fm: ForwardModel, prior: bool) -> list[Scene]:
+    """The same HR scenes degraded by another forward model (a second scale factor for joint training)."""
+    out = []
+    for sc in scenes:
+        lr, msi = degrade(sc.hr, fm)
+        out.append(Scene(sc.name, sc.hr, lr, msi, gsa_prior(lr, msi, fm) if prior else None))
+    return out
+
+
 def load_scene(name: str, path: Path, fm: ForwardModel, prior: bool) -> Scene:
     hr = read_hr(path)
     s = fm.scale

@@ -84,7 +84,7 @@ def build_record(cfg: TrainConfig, net, fm, result, train_scenes: Sequence, val_
         "srf": None,
         "srf_summary": srf_summary(fm.srf, wl),
         "srf_name": fm.srf_name,
-        "scales": [int(fm.scale)],
+        "scales": sorted({int(fm.scale)} | ({int(cfg.joint_scale)} if getattr(cfg, "joint_scale", 0) else set())),
         "protocol": fm.name,
         "psf": {"name": fm.psf.name, "kernel_size": int(fm.psf.size), "scale": int(fm.psf.scale), "pad": int(fm.psf.pad)},
         "prior": "gsa (regression detail injection, fitted per scene)" if cfg.prior else None,
@@ -96,7 +96,15 @@ def build_record(cfg: TrainConfig, net, fm, result, train_scenes: Sequence, val_
                           "srf_augmentation": ({"cameras": list(cfg.srf_augment_cameras), "random_perturbations": cfg.srf_augment,
                                                 "how": "hsfuse.train.data.srf_variants (each scene's MSI and GSA prior "
                                                        "recomputed per curve; one drawn per patch)"}
-                                               if cfg.srf_augment or cfg.srf_augment_cameras else None)},
+                                               if cfg.srf_augment or cfg.srf_augment_cameras else None),
+                          "spectral_augmentation": ({"copies_per_scene": int(cfg.spectral_augment),
+                                                     "how": "hsfuse.train.data.spectral_variants (HR spectra times a smooth "
+                                                            "random gain; LR, MSI and GSA prior made again)"}
+                                                    if getattr(cfg, "spectral_augment", 0) else None),
+                          "joint_scale": ({"scale": int(cfg.joint_scale), "psf": _joint_psf_name(fm, cfg.joint_scale),
+                                           "how": "every step one batch at each scale, same HR patches' scenes; "
+                                                  "the PSF binned to the smaller footprint (Psf.rescaled)"}
+                                          if getattr(cfg, "joint_scale", 0) else None)},
         "srf_tolerance_nm": float(cfg.srf_tolerance_nm),
         "validation_scenes": [s.name for s in val_scenes],
         "steps": int(result.steps),
@@ -111,6 +119,12 @@ def build_record(cfg: TrainConfig, net, fm, result, train_scenes: Sequence, val_
         "notes": " ".join(notes),
         **extra,
     }
+
+
+def _joint_psf_name(fm, scale: int) -> str:
+    from .data import at_scale
+
+    return at_scale(fm, int(scale)).psf.name
 
 
 def export_run(cfg: TrainConfig, net, fm, result, train_scenes: Sequence, val_scenes: Sequence,

@@ -121,9 +121,13 @@ def _bundle_cls():
             self.net, self.teacher, self.adapter = net, teacher, adapter
             self.loss_fn, self.w = loss_fn, dict(weights)
 
-        def forward(self, lr, msi, prior, hr) -> dict:
+        def forward(self, lr, msi, prior, hr, *joint) -> dict:
+            """``joint`` = (lr, msi, prior, hr) of a batch at the second scale factor (joint_scale), if any."""
             if self.teacher is None:
-                return self.loss_fn(self.net, lr, msi, prior, hr)[1]
+                parts = self.loss_fn(self.net, lr, msi, prior, hr)[1]
+                if joint:
+                    parts.update({f"joint_{k}": v for k, v in self.loss_fn(self.net, *joint)[1].items()})
+                return parts
             out_s, f_s = self.net(lr, msi, prior, return_features=True)
             out_t, f_t = self.teacher(lr, msi, prior, return_features=True)
             out_s, out_t = out_s.float(), out_t.float()
@@ -304,6 +308,13 @@ def train(cfg: TrainConfig, progress: bool = False, scenes: Sequence | None = No
         say(f"loading {len(tr_names)} training + {len(val_names)} validation scenes ({fm.name})")
         scenes = load_scenes(found, tr_names, fm, cfg.prior)
         val_scenes = load_scenes(found, val_names, fm, cfg.prior) if dist_info.main else []
+    recorded_scenes = list(scenes)  # the record names the real scenes, not their augmented copies
+    if cfg.spectral_augment:
+        from .data import spectral_variants
+
+        extra = spectral_variants(scenes, fm, cfg.spectral_augment, cfg.seed, cfg.prior)
+        say(f"spectral augmentation: {len(extra)} re-coloured copies of the {len(scenes)} training scenes")
+        scenes = list(scenes) + extra
     if cfg.srf_augment or cfg.srf_augment_cameras:
         from .data import add_srf_variants, srf_variants
 
@@ -313,11 +324,22 @@ def train(cfg: TrainConfig, progress: bool = False, scenes: Sequence | None = No
     val_scenes = list(val_scenes or [])
     bands, msi_bands = scenes[0].hr.shape[0], scenes[0].msi.shape[0]
     sampler = PatchSampler(scenes, fm.scale, cfg.patch, cfg.batch, cfg.seed + 1000 * dist_info.rank, cfg.noise_snr)
+    sampler_joint, val_joint, fm_joint = None, [], None
+    if cfg.joint_scale:
+        from .data import at_scale, rescaled_scenes
+
+        fm_joint = at_scale(fm, cfg.joint_scale)
+        say(f"joint training at x{cfg.joint_scale} too ({fm_joint.psf.name})")
+        sampler_joint = PatchSampler(rescaled_scenes(scenes, fm_joint, cfg.prior), cfg.joint_scale, cfg.patch, cfg.batch,
+                                     cfg.seed + 500 + 1000 * dist_info.rank, cfg.noise_snr)
+        val_joint = rescaled_scenes(val_scenes, fm_joint, cfg.prior)
 
     # ---- model, optimiser, schedule
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     net, teacher, adapter = build_models(cfg, bands, msi_bands, fm.scale)
+    if cfg.joint_scale and cfg.joint_scale not in tuple(getattr(net, "scales", ())):
+        raise UsageError(f"joint_scale x{cfg.joint_scale}: this network serves {tuple(getattr(net, 'scales', ()))}")
     if cfg.init_weights:
         from ..errors import ModelError
         from ..weights import load_weights
@@ -345,6 +367,8 @@ def train(cfg: TrainConfig, progress: bool = False, scenes: Sequence | None = No
         step, history, losses = ck["step"], ck["history"], ck["losses"]
         elapsed_prev = tuple(ck.get("elapsed", (0.0, 0.0)))
         sampler.set_state(ck["sampler"][dist_info.rank] if dist_info.rank < len(ck["sampler"]) else ck["sampler"][0])
+        if sampler_joint is not None and ck.get("sampler_joint"):
+            sampler_joint.set_state(ck["sampler_joint"][min(dist_info.rank, len(ck["sampler_joint"]) - 1)])
         torch.set_rng_state(ck["torch_rng"])
         random.setstate(ck["py_rng"])
         say(f"resumed from step {step}")
@@ -358,6 +382,7 @@ def train(cfg: TrainConfig, progress: bool = False, scenes: Sequence | None = No
 
     csv_path = out_dir / "log.csv"
     part_names = [k for k in w if k not in ("kd", "feat")] + (["kd", "feat", "teacher"] if cfg.distill else [])
+    part_names += [f"joint_{k}" for k in part_names] if cfg.joint_scale else []
     fields_csv = ["step", "loss", *part_names, "lr", "wall_s"]
     if dist_info.main and (not cfg.resume or not csv_path.exists()):
         with open(csv_path, "w", newline="") as f:
@@ -371,23 +396,30 @@ def train(cfg: TrainConfig, progress: bool = False, scenes: Sequence | None = No
         if last_val[0] == step:
             return last_val[1]
         res = validate(pred, val_scenes, fm.scale, device, cfg.val_tile, baselines)
-        last_val[:] = [step, res]
         baselines = {k: res[k] for k in ("gsa", "bicubic") if k in res} if "gsa" in res else None
+        if val_joint:  # the second scale factor's numbers ride along (not in the history's means)
+            res = {**res, "joint_scale": {"scale": cfg.joint_scale, "psf": fm_joint.psf.name,
+                                          **validate(pred, val_joint, cfg.joint_scale, device, cfg.val_tile)}}
+        last_val[:] = [step, res]
         net.train()
         return res
 
     def save_checkpoint() -> None:
         states = [sampler.state()]
+        joint_states = [sampler_joint.state()] if sampler_joint is not None else []
         if dist_info.world > 1:
             import torch.distributed as dist
 
             states = [None] * dist_info.world
             dist.all_gather_object(states, sampler.state())
+            if sampler_joint is not None:
+                joint_states = [None] * dist_info.world
+                dist.all_gather_object(joint_states, sampler_joint.state())
         if dist_info.main:
             wall, cpu = elapsed()
             _atomic_torch_save({
                 "model": bundle.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "step": step, "history": history, "losses": losses, "sampler": states,
+                "step": step, "history": history, "losses": losses, "sampler": states, "sampler_joint": joint_states,
                 "torch_rng": torch.get_rng_state(), "py_rng": random.getstate(), "config": cfg.to_dict(),
                 "elapsed": (wall, cpu),
             }, ckpt_path)
@@ -421,8 +453,9 @@ def train(cfg: TrainConfig, progress: bool = False, scenes: Sequence | None = No
             patch = progressive_patch_size(step, cfg.patch_schedule) if cfg.patch_schedule else None
             lr_np, msi_np, pr_np, hr_np = sampler.next(patch)
             lr_t, msi_t, pr_t, hr_t = map(to_t, (lr_np, msi_np, pr_np, hr_np))
+            joint = tuple(map(to_t, sampler_joint.next(patch))) if sampler_joint is not None else ()
             with _autocast(device):
-                parts = model(lr_t, msi_t, pr_t, hr_t)
+                parts = model(lr_t, msi_t, pr_t, hr_t, *joint)
             loss = sum(v.float() for v in parts.values())
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -444,7 +477,7 @@ def train(cfg: TrainConfig, progress: bool = False, scenes: Sequence | None = No
             if step % cfg.val_every == 0 or step == cfg.steps:
                 if dist_info.main and val_scenes:
                     res = run_validation()
-                    history.append({"step": step, "wall_s": elapsed()[0], **{k: res[k]["mean"] for k in res if k != "conventions"}})
+                    history.append({"step": step, "wall_s": elapsed()[0], **{k: res[k]["mean"] for k in res if k not in ("conventions", "joint_scale")}})
                     say(f"step {step}: val PSNR model {res['model']['mean']['psnr']:.3f}"
                         + (f" gsa {res['gsa']['mean']['psnr']:.3f}" if "gsa" in res else ""))
                 _barrier(dist_info)
@@ -470,7 +503,7 @@ def train(cfg: TrainConfig, progress: bool = False, scenes: Sequence | None = No
         elif cfg.export:
             from .export import export_run
 
-            exported, why = export_run(cfg, bundle.net, fm, result, scenes, val_scenes)
+            exported, why = export_run(cfg, bundle.net, fm, result, recorded_scenes, val_scenes)
             result.exported, result.export_skipped = exported, why
             (out_dir / "log.json").write_text(json.dumps({"config": cfg.to_dict(), "history": history,
                                                           "result": _plain(result.to_dict())}, indent=2) + "\n")

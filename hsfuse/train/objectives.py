@@ -137,8 +137,12 @@ def make_loss(model: str, weights: Mapping[str, float], fm=None) -> Callable:
         def hsrdiff(net, lr, msi, prior, hr):
             cond = net.encode(lr, msi, (0, 0), prior)
             s = None if srf is None else srf.to(hr.device)
+            core = getattr(net, "module", net)
+            rs = getattr(core, "residual_scale", 0.0)
+            latent = None if not rs else (lambda x: core.to_latent(x, cond), lambda z: core.from_latent(z, cond))
             _, parts = D.diffusion_loss(lambda x, g: net.denoise(x, g, cond).float(), hr, lr, msi, schedule,
-                                        psf=psf, srf=s, weights=w, detach_parts=False)
+                                        psf=psf, srf=s, weights=w, detach_parts=False, latent=latent,
+                                        loss_scale=1.0 / rs if rs else 1.0)
             return None, parts
 
         return hsrdiff
@@ -187,8 +191,9 @@ def _diffusion_predictor_cls():
             def noise(key):
                 return D.scene_noise(self.seed, (c, hh, ww), 0, 0, key, device=dev)[None].expand(b, -1, -1, -1)
 
-            return D.sample(lambda x, g: self.net.denoise(x, g, cond).float(), D.NoiseSchedule(), steps=self.steps,
-                            eta=0.0, noise=noise)
+            z = D.sample(lambda x, g: self.net.denoise(x, g, cond).float(), D.NoiseSchedule(), steps=self.steps,
+                         eta=0.0, noise=noise)
+            return self.net.from_latent(z, cond)
 
     return _DiffusionPredictor
 
