@@ -163,7 +163,7 @@ def evaluate(shared: Path, scene: str, protocol: str, method: str, options: dict
 
 
 PROTOCOLS = {"cave-gauss-x8": 8, "cave-mhf-x32": 32}
-JOINT_PROTOCOLS = {"cave-gauss-x8@x4": 4}  # rows only when a model was trained for that scale (MulSR --joint-scale)
+JOINT_PROTOCOLS = {"cave-gauss-x8@x4": 4, "cave-mhf-x32@x16": 16}  # rows only when a model was trained for that scale (MulSR --joint-scale)
 
 
 def quality_table(shared: Path, weights: dict, diffusion_steps: int = 8) -> list[dict]:
@@ -267,7 +267,8 @@ def markdown(costs: list[dict], quality: list[dict], robust: list[dict], steps: 
     from hsfuse.weights import read_record
 
     lines = ["## Networks (`benchmarks/bench_models.py`)", "",
-             f"CPU: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}. "
+             f"CPU: {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s), "
+             f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}. "
              "One forward pass at 512×512 output (×8, 31 bands + RGB; networks that refine the GSA estimate get it as "
              "an input, its cost is not included); GFLOPs = multiply-adds×2 from FlopCounterMode. "
              "**GPU (bf16/fp32) timings: not measured — no GPU machine was lent to this project's sessions so far.** "

@@ -242,6 +242,33 @@ def test_network_fuser_prior_refines_gsa(tmp_path):
     np.testing.assert_allclose(out, gsa, atol=1e-5)  # untrained residual head: the prior exactly
 
 
+def test_mulsr_at_its_small_scale_tiles_exactly_on_any_tile_grid(tmp_path):
+    """At ×small_scale the large branch averages LR pixels in blocks: the fuser aligns every tile to the
+    scene's block grid, so tiles starting on odd LR pixels still equal the untiled result."""
+    from hsfuse.fusion.engine import FuseConfig, fuse_arrays
+
+    torch.manual_seed(0)
+    net = build_network("mulsr", {"bands": 5, "msi_bands": 3, "scale": 4, **TINY["mulsr"]})
+    for m in net.modules():  # zero-initialised decoders would hide the large branch
+        if isinstance(m, torch.nn.Conv2d) and not m.weight.any():
+            torch.nn.init.normal_(m.weight, std=0.1)
+    from hsfuse.weights import save_weights
+
+    stem = tmp_path / "mulsr-small"
+    save_weights(stem, net.state_dict(), {"architecture": "mulsr", "kwargs": net.config, "bands": 5, "msi_bands": 3,
+                                          "scales": [2, 4], "protocol": "test", "steps": 0,
+                                          "training_data": "none (untrained test weights)", "validation_metrics": {}})
+    rng = np.random.default_rng(0)
+    lr, msi = rng.random((5, 30, 34), dtype=np.float32), rng.random((3, 60, 68), dtype=np.float32)
+    opts = {"weights": str(stem)}
+    whole = fuse_arrays(lr, msi, FuseConfig(model="mulsr", tile=4096, overlap=0, options=opts))
+    tiled = fuse_arrays(lr, msi, FuseConfig(model="mulsr", tile=22, overlap=0, options=opts))  # 11-LR-pixel tiles
+    assert whole.shape == (5, 60, 68)
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
+    f = NetworkFuser(FusionProblem(2, 5, 3, options=opts))
+    assert f.align == 2 and NetworkFuser(FusionProblem(4, 5, 3, options=opts)).align == 1
+
+
 def test_network_fuser_without_weights_says_so():
     with pytest.raises(ModelError, match="weights"):
         NetworkFuser(FusionProblem(8, 31, 3))

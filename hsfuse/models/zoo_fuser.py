@@ -142,7 +142,11 @@ class NetworkFuser(Fuser):
         self.net.to(device).eval()
         self.prior_fuser, prior_halo = prior_for(self.net, problem, device)
         net_halo = int(math.ceil(self.net.receptive_radius_hr(problem.scale) / problem.scale))
-        self.halo_bound = net_halo + prior_halo
+        # MulSR at its small scale averages LR pixels in blocks of `align` for its large branch: tiles are
+        # padded to start on that block grid (fuse_tile), which costs up to align-1 more LR pixels of context
+        small, large = getattr(self.net, "small_scale", 0), getattr(self.net, "scale", 0)
+        self.align = large // small if small and problem.scale == small and large % small == 0 else 1
+        self.halo_bound = net_halo + prior_halo + (self.align - 1)
         measured = self.record.get("halo_lr", {}).get(str(problem.scale)) if isinstance(self.record.get("halo_lr"), dict) else None
         self.halo_lr = int(problem.options.get("halo_lr", measured if measured is not None else self.halo_bound))
 
@@ -158,11 +162,17 @@ class NetworkFuser(Fuser):
         prior = None
         if self.prior_fuser is not None:
             prior = np.asarray(self.prior_fuser.fuse_tile(lr, msi), np.float32)
+        s, (h, w) = self.problem.scale, lr.shape[1:]
+        ky, kx = ((int(v) // s) % self.align for v in self.tile_origin) if self.align > 1 else (0, 0)
+        ey, ex = (-(ky + h)) % self.align, (-(kx + w)) % self.align
+        if ky or kx or ey or ex:  # the tile on whole blocks of the scene's grid (mirrored rows/cols in the halo)
+            pad = lambda a, k: np.pad(a, ((0, 0), (ky * k, ey * k), (kx * k, ex * k)), mode="symmetric")  # noqa: E731
+            lr, msi, prior = pad(lr, 1), pad(msi, s), None if prior is None else pad(prior, s)
         x = lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a))[None].to(self.device)  # noqa: E731
         run = getattr(self.net, "predict", self.net)  # MulSR: the output matching the inputs' scale
         with torch.no_grad(), _autocast(self.device, self.precision):
             y = run(x(lr), x(msi), x(prior))
-        return y[0].float().cpu().numpy()
+        return y[0, :, ky * s:(ky + h) * s, kx * s:(kx + w) * s].float().cpu().numpy()
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "halo_lr": self.halo_lr, "halo_bound_lr": self.halo_bound, "weights": str(self.weights_path),
