@@ -306,10 +306,10 @@ def markdown(costs: list[dict], quality: list[dict], robust: list[dict], steps: 
     if steps:
         lines += ["", "HSR-Diff at ×32 (`cave-mhf-x32`, same scenes): quality against the number of sampling steps "
                   "(DDIM η = 0, deterministic, seed 0; the paper's ancestral sampler at 100 steps where listed). "
-                  "The only trained CDFormer (a CPU run, not shipped) equals its GSA prior at every step count: its "
-                  "reconstruction layer never left zero (docs/models/hsr-diff.md), so 16 steps and the 100-step sampler "
-                  "were not run in the last refresh (≈ 4 and ≈ 25 CPU-minutes per scene); the step study is only "
-                  "meaningful for a model that learned something (GPU).", "",
+                  "The trained CDFormer is the residual-space CPU run (2000 steps, not shipped: it does not beat its "
+                  "GSA prior, docs/models/hsr-diff.md). Quality falls with every added step (one step = its "
+                  "regression from pure noise), so 16 steps and the 100-step sampler (≈ 5 and ≈ 30 CPU-minutes per "
+                  "scene) were not run on this CPU.", "",
                   "| sampler | steps | mean PSNR | mean SAM | mean ERGAS | s / scene (CPU) |", "|---|---:|---:|---:|---:|---:|"]
         for key in dict.fromkeys((r["sampler"], r["steps"]) for r in steps):
             sel = [r for r in steps if (r["sampler"], r["steps"]) == key]
