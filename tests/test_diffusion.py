@@ -63,6 +63,21 @@ def test_training_levels_lie_between_neighbouring_gammas():
     assert torch.equal(t, t2) and torch.equal(gamma, gamma2)
 
 
+def test_top_fraction_trains_the_first_sampling_level_more():
+    s = D.NoiseSchedule()
+    t, gamma = s.sample_training_levels(8000, torch.Generator().manual_seed(1), top_fraction=0.5)
+    g = torch.from_numpy(s.gammas)
+    share = (t == 100).float().mean().item()
+    assert 0.48 < share < 0.53  # 0.5 + 0.5/100
+    assert torch.all(gamma >= g[t].float() - 1e-7) and torch.all(gamma <= g[t - 1].float() + 1e-7)
+    # without it the random stream (hence older runs) is unchanged
+    a, _ = s.sample_training_levels(64, torch.Generator().manual_seed(2))
+    b, _ = s.sample_training_levels(64, torch.Generator().manual_seed(2), top_fraction=0.0)
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError):
+        s.sample_training_levels(4, top_fraction=1.5)
+
+
 def test_progressive_patch_size():
     sch = ((0, 64), (100, 128), (200, 256, 2))
     assert [D.progressive_patch_size(k, sch) for k in (0, 99, 100, 199, 200, 10**6)] == [64, 64, 128, 128, 256, 256]

@@ -66,6 +66,12 @@ def test_config_defaults_file_flags(tmp_path):
         TrainConfig.resolve(toml)
     with pytest.raises(UsageError):
         TrainConfig(model="teacher", distill=True)
+    # loss weights of another model become valid when a flag names that model (validated once, after merging)
+    toml.write_text('[train.loss_weights]\ntop_level = 0.5\n')
+    with pytest.raises(UsageError, match="top_level"):
+        TrainConfig.resolve(toml)
+    cfg = TrainConfig.resolve(toml, {"model": "hsr-diff", "loss_weights": {"spatial": 0.25}})
+    assert cfg.weights["top_level"] == 0.5 and cfg.weights["spatial"] == 0.25 and cfg.weights["l1"] == 1.0
 
 
 def test_loss_falls(tmp_path, synth):

@@ -86,11 +86,22 @@ class NoiseSchedule:
         return cls(int(d.get("timesteps", 100)), float(d.get("beta_start", 1e-4)), float(d.get("beta_end", 0.2)))
 
     def sample_training_levels(self, batch: int, generator: torch.Generator | None = None,
-                               device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        """(t, γ) for a batch: t ~ U{1..T}, γ ~ U(γ_t, γ_{t−1}) (float32 on ``device``)."""
+                               device: str | torch.device = "cpu",
+                               top_fraction: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t, γ) for a batch: t ~ U{1..T}, γ ~ U(γ_t, γ_{t−1}) (float32 on ``device``).
+
+        ``top_fraction`` of the samples (on average) get t = T instead: the level every sampler
+        starts from, where predicting x̂0 is plain regression from the conditions. Uniform levels
+        give it 1/T of the training; a model that must be good in few steps needs more.
+        """
+        if not 0.0 <= top_fraction <= 1.0:
+            raise ValueError(f"top_fraction must be in [0, 1], got {top_fraction}")
         gdev = generator.device if generator is not None else "cpu"
         t = torch.randint(1, self.timesteps + 1, (batch,), generator=generator, device=gdev)
         u = torch.rand(batch, generator=generator, device=gdev, dtype=torch.float64)
+        if top_fraction > 0:  # drawn only then, so runs without it keep their random stream
+            top = torch.rand(batch, generator=generator, device=gdev) < top_fraction
+            t = torch.where(top, torch.full_like(t, self.timesteps), t)
         g = torch.from_numpy(self.gammas).to(gdev)
         gamma = g[t] + u * (g[t - 1] - g[t])
         return t.to(device), gamma.to(device=device, dtype=torch.float32)
@@ -185,7 +196,7 @@ def diffusion_loss(denoise: Denoiser, x0: torch.Tensor, lr: torch.Tensor, msi: t
                    *, psf: Psf | None = None, srf=None, generator: torch.Generator | None = None,
                    weights: dict[str, float] | None = None, detach_parts: bool = True,
                    latent: tuple[Callable, Callable] | None = None,
-                   loss_scale: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                   loss_scale: float = 1.0, top_fraction: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One training loss: noise ``x0`` to a random level, predict x̂0, compare.
 
     ``denoise(x_t, √γ) -> x̂0`` (close over the conditions, e.g. ``lambda x, g: net(lr, msi, x, g)``).
@@ -197,10 +208,11 @@ def diffusion_loss(denoise: Denoiser, x0: torch.Tensor, lr: torch.Tensor, msi: t
     ``detach_parts=False`` keeps the parts in the graph (the training loop sums them itself).
     ``latent=(to, from)``: diffusion runs on ``to(x0)`` and the denoiser's output is mapped back with
     ``from`` before the loss (e.g. CDFormer's residual space); ``loss_scale`` multiplies every term.
+    ``top_fraction``: share of the batch trained at the top noise level (``sample_training_levels``).
     """
     w = {**DEFAULT_LOSS_WEIGHTS, **(weights or {})}
     b = x0.shape[0]
-    _, gamma = schedule.sample_training_levels(b, generator, x0.device)
+    _, gamma = schedule.sample_training_levels(b, generator, x0.device, top_fraction)
     gdev = generator.device if generator is not None else x0.device
     eps = torch.randn(x0.shape, generator=generator, device=gdev, dtype=x0.dtype).to(x0.device)
     g = gamma.to(x0.dtype).view(b, *([1] * (x0.dim() - 1)))

@@ -160,8 +160,11 @@ class TrainConfig:
                 raise UsageError("config file not found", path) from None
             except tomllib.TOMLDecodeError as e:
                 raise UsageError(f"invalid TOML: {e}", path) from None
-            doc = doc.get("train", doc)
-            cfg = cls.from_dict(doc, cfg)
-        if overrides:
-            cfg = cls.from_dict({k: v for k, v in overrides.items() if v is not None}, cfg)
-        return cfg
+            doc = dict(doc.get("train", doc))
+        else:
+            doc = {}
+        # one merge, validated once: a flag (e.g. --model) may make the file's values valid
+        given = {k: v for k, v in (overrides or {}).items() if v is not None}
+        if "loss_weights" in doc and "loss_weights" in given:
+            given["loss_weights"] = {**dict(doc["loss_weights"]), **dict(given["loss_weights"])}
+        return cls.from_dict({**doc, **given}, cfg) if doc or given else cfg

@@ -44,7 +44,7 @@ MODELS: dict[str, ModelSpec] = {
     "mulsr": ModelSpec("mulsr", "mulsr", "mulsr", "MulSR, Multi-Scale Factor Joint Learning for HSI SR (IEEE TGRS)",
                        {"small": 1.0, "large": 1.0}),
     "hsr-diff": ModelSpec("hsr-diff", "hsrdiff-cdformer", "hsr-diff", "Wu et al., HSR-Diff, ICCV 2023 (arXiv 2306.12085)",
-                          {"l1": 1.0, "spatial": 0.5, "spectral": 0.5}),
+                          {"l1": 1.0, "spatial": 0.5, "spectral": 0.5, "top_level": 0.0}),
 }
 
 
@@ -133,6 +133,9 @@ def make_loss(model: str, weights: Mapping[str, float], fm=None) -> Callable:
         schedule = D.NoiseSchedule()
         psf = None if fm is None else fm.psf
         srf = None if fm is None else torch.as_tensor(np.asarray(fm.srf, np.float32))
+        # "top_level" is not a loss term: the share of each batch trained at the top noise level
+        top_fraction = float(w.get("top_level", 0.0))
+        loss_w = {k: v for k, v in w.items() if k != "top_level"}
 
         def hsrdiff(net, lr, msi, prior, hr):
             cond = net.encode(lr, msi, (0, 0), prior)
@@ -141,8 +144,8 @@ def make_loss(model: str, weights: Mapping[str, float], fm=None) -> Callable:
             rs = getattr(core, "residual_scale", 0.0)
             latent = None if not rs else (lambda x: core.to_latent(x, cond), lambda z: core.from_latent(z, cond))
             _, parts = D.diffusion_loss(lambda x, g: net.denoise(x, g, cond).float(), hr, lr, msi, schedule,
-                                        psf=psf, srf=s, weights=w, detach_parts=False, latent=latent,
-                                        loss_scale=1.0 / rs if rs else 1.0)
+                                        psf=psf, srf=s, weights=loss_w, detach_parts=False, latent=latent,
+                                        loss_scale=1.0 / rs if rs else 1.0, top_fraction=top_fraction)
             return None, parts
 
         return hsrdiff
