@@ -381,7 +381,7 @@ def train(cfg: TrainConfig, progress: bool = False, scenes: Sequence | None = No
         model = DDP(bundle, device_ids=[device] if device.startswith("cuda") else None)
 
     csv_path = out_dir / "log.csv"
-    part_names = [k for k in w if k not in ("kd", "feat")] + (["kd", "feat", "teacher"] if cfg.distill else [])
+    part_names = [k for k in w if k not in ("kd", "feat", "top_level")]  # top_level: a sampling share, not a term + (["kd", "feat", "teacher"] if cfg.distill else [])
     part_names += [f"joint_{k}" for k in part_names] if cfg.joint_scale else []
     fields_csv = ["step", "loss", *part_names, "lr", "wall_s"]
     if dist_info.main and (not cfg.resume or not csv_path.exists()):
