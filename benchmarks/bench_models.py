@@ -166,8 +166,11 @@ PROTOCOLS = {"cave-gauss-x8": 8, "cave-mhf-x32": 32}
 JOINT_PROTOCOLS = {"cave-gauss-x8@x4": 4, "cave-mhf-x32@x16": 16}  # rows only when a model was trained for that scale (MulSR --joint-scale)
 
 
-def quality_table(shared: Path, weights: dict, diffusion_steps: int = 8) -> list[dict]:
-    """Every method with weights for the protocol's scale, and the classical baselines, in one run."""
+def quality_table(shared: Path, weights: dict, diffusion_steps: int = 8, only: set[str] | None = None) -> list[dict]:
+    """Every method with weights for the protocol's scale, and the classical baselines, in one run.
+
+    ``only``: just these methods (e.g. a model trained after the rest was measured; --from-log merges).
+    """
     rows = []
     protocols = {**PROTOCOLS, **{p: s for p, s in JOINT_PROTOCOLS.items() if any(sc == s for _, sc in weights)}}
     for protocol, scale in protocols.items():
@@ -181,6 +184,8 @@ def quality_table(shared: Path, weights: dict, diffusion_steps: int = 8) -> list
                 opts["steps"] = diffusion_steps
                 label += f", {diffusion_steps} DDIM steps"
             methods.append((label, model, opts))
+        if only:
+            methods = [m for m in methods if m[1] in only]
         for label, method, opts in methods:
             for scene in VALIDATION_SCENES:
                 m = evaluate(shared, scene, protocol, method, opts)
@@ -390,6 +395,7 @@ def main() -> None:
     ap.add_argument("--candidates", default=str(REPO / "runs" / "*" / "candidate-*.json"),
                     help="glob of trained-but-not-shipped weights records to include (marked as such)")
     ap.add_argument("--steps", default="1,2,4,8,16,100", help="HSR-Diff sampling steps to compare (empty: skip)")
+    ap.add_argument("--only", default="", help="quality part: only these comma-separated methods (merge the rest --from-log)")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: cost,quality,steps,robust,demo")
     ap.add_argument("--from-log", type=Path, action="append", default=None,
                     help="take the skipped parts' rows from the printed output of earlier runs (repeatable)")
@@ -405,7 +411,9 @@ def main() -> None:
                                                                    old_robust + r, old_demo + d)
     costs = cost_table(args.repeats, weights) if "cost" not in skip else old_costs
     have_shared = (args.shared / "cave").is_dir()
-    quality = quality_table(args.shared, weights) if have_shared and "quality" not in skip else old_quality
+    only = set(filter(None, args.only.split(",")))
+    quality = ((old_quality if only else []) + quality_table(args.shared, weights, only=only or None)
+               if have_shared and "quality" not in skip else old_quality)
     steps = (steps_table(args.shared, weights, [int(x) for x in args.steps.split(",") if x])
              if have_shared and "steps" not in skip else old_steps)
     robust = robustness_table(args.shared, weights) if have_shared and "robust" not in skip else old_robust
