@@ -269,6 +269,52 @@ def test_mulsr_at_its_small_scale_tiles_exactly_on_any_tile_grid(tmp_path):
     assert f.align == 2 and NetworkFuser(FusionProblem(4, 5, 3, options=opts)).align == 1
 
 
+def test_dihedral_inverts_and_covers_the_eight_transforms():
+    from hsfuse.models.zoo_fuser import dihedral
+
+    a = torch.arange(2 * 3 * 5, dtype=torch.float32).reshape(1, 2, 3, 5)
+    outs = {tuple(dihedral(a, k).flatten().tolist()) for k in range(8)}
+    assert len(outs) == 8
+    for k in range(8):
+        assert torch.equal(dihedral(dihedral(a, k), k, inverse=True), a)
+
+
+def test_tta_is_the_mean_of_transformed_passes_and_tiles_exactly(tmp_path):
+    """tta=8 averages the network over flipped/transposed inputs (as trained); tiles still match the whole scene."""
+    from hsfuse.fusion.engine import FuseConfig, fuse_arrays
+    from hsfuse.weights import save_weights
+
+    torch.manual_seed(0)
+    net = build_network("mulsr", {"bands": 5, "msi_bands": 3, "scale": 4, **TINY["mulsr"]})
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d) and not m.weight.any():
+            torch.nn.init.normal_(m.weight, std=0.1)
+    stem = tmp_path / "mulsr-tta"
+    save_weights(stem, net.state_dict(), {"architecture": "mulsr", "kwargs": net.config, "bands": 5, "msi_bands": 3,
+                                          "scales": [2, 4], "protocol": "test", "steps": 0,
+                                          "training_data": "none (untrained test weights)", "validation_metrics": {}})
+    rng = np.random.default_rng(3)
+    lr, msi = rng.random((5, 12, 14), dtype=np.float32), rng.random((3, 24, 28), dtype=np.float32)
+    one = fuse_arrays(lr, msi, FuseConfig(model="mulsr", tile=4096, options={"weights": str(stem)}))
+    ens = fuse_arrays(lr, msi, FuseConfig(model="mulsr", tile=4096, options={"weights": str(stem), "tta": 8}))
+    assert np.abs(ens - one).max() > 1e-4  # the passes differ: the mean is not the plain output
+    # by hand: the plain output of each transformed scene, transformed back, averaged
+    manual = np.zeros_like(one)
+    for k in range(8):
+        t = lambda a: np.ascontiguousarray(np.flip(a, [d for b, d in ((1, 2), (2, 1)) if k & b]) if k & 3 else a)  # noqa: E731
+        tl, tm = t(lr), t(msi)
+        if k & 4:
+            tl, tm = np.ascontiguousarray(tl.transpose(0, 2, 1)), np.ascontiguousarray(tm.transpose(0, 2, 1))
+        y = fuse_arrays(tl, tm, FuseConfig(model="mulsr", tile=4096, options={"weights": str(stem)}))
+        y = y.transpose(0, 2, 1) if k & 4 else y
+        manual += t(y) / 8
+    np.testing.assert_allclose(ens, manual, atol=1e-5)
+    tiled = fuse_arrays(lr, msi, FuseConfig(model="mulsr", tile=10, overlap=0, options={"weights": str(stem), "tta": 8}))
+    np.testing.assert_allclose(tiled, ens, atol=1e-5)
+    with pytest.raises(ModelError, match="tta"):
+        NetworkFuser(FusionProblem(2, 5, 3, options={"weights": str(stem), "tta": 3}))
+
+
 def test_network_fuser_without_weights_says_so():
     with pytest.raises(ModelError, match="weights"):
         NetworkFuser(FusionProblem(8, 31, 3))

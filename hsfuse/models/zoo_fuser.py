@@ -126,6 +126,23 @@ def prior_for(net, problem: FusionProblem, device: str):
     return fuser, int(getattr(fuser, "halo_lr", 0))
 
 
+def dihedral(a, k: int, inverse: bool = False):
+    """Transform k of the 8 flips/transposes of a (..., H, W) tensor (bit 0: flip W, bit 1: flip H,
+    bit 2: transpose); ``inverse`` undoes it. The PSF and SRF commute with these only because the
+    networks were trained with the same flips and rotations applied to whole (LR, MSI, HR) triples."""
+    import torch
+
+    def flips(t):
+        dims = [d for bit, d in ((1, -1), (2, -2)) if k & bit]
+        return torch.flip(t, dims) if dims else t
+
+    if not inverse:
+        a = flips(a)
+        return a.transpose(-1, -2) if k & 4 else a
+    a = a.transpose(-1, -2) if k & 4 else a
+    return flips(a)
+
+
 class NetworkFuser(Fuser):
     """Any network of :data:`ARCHITECTURES` with trained weights; optionally refining the GSA estimate."""
 
@@ -149,6 +166,10 @@ class NetworkFuser(Fuser):
         self.halo_bound = net_halo + prior_halo + (self.align - 1)
         measured = self.record.get("halo_lr", {}).get(str(problem.scale)) if isinstance(self.record.get("halo_lr"), dict) else None
         self.halo_lr = int(problem.options.get("halo_lr", measured if measured is not None else self.halo_bound))
+        # test-time self-ensemble over flips/transposes (the training augmentations): tta = 1, 2, 4 or 8 passes
+        self.tta = int(problem.options.get("tta", 1))
+        if self.tta not in (1, 2, 4, 8):
+            raise ModelError(f"option tta must be 1, 2, 4 or 8 (passes over flipped/transposed inputs), got {self.tta}")
 
     def fit(self, lr: np.ndarray, msi_lr: np.ndarray) -> None:
         if self.prior_fuser is not None:
@@ -170,15 +191,20 @@ class NetworkFuser(Fuser):
             lr, msi, prior = pad(lr, 1), pad(msi, s), None if prior is None else pad(prior, s)
         x = lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a))[None].to(self.device)  # noqa: E731
         run = getattr(self.net, "predict", self.net)  # MulSR: the output matching the inputs' scale
+        lr_t, msi_t, prior_t = x(lr), x(msi), x(prior)
+        y = 0.0
         with torch.no_grad(), _autocast(self.device, self.precision):
-            y = run(x(lr), x(msi), x(prior))
+            for k in range(self.tta):
+                fwd = lambda a, k=k: None if a is None else dihedral(a, k)  # noqa: E731
+                y = y + dihedral(run(fwd(lr_t), fwd(msi_t), fwd(prior_t)).float(), k, inverse=True)
+        y = y / self.tta
         return y[0, :, ky * s:(ky + h) * s, kx * s:(kx + w) * s].float().cpu().numpy()
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "halo_lr": self.halo_lr, "halo_bound_lr": self.halo_bound, "weights": str(self.weights_path),
                 "architecture": self.record.get("architecture"), "prior": bool(getattr(self.net, "prior", False)),
                 "scales": self.record.get("scales"), "protocol": self.record.get("protocol"),
-                "parameters": self.record.get("parameters")}
+                "parameters": self.record.get("parameters"), "tta": self.tta}
 
 
 class MFTNFuser(NetworkFuser):
