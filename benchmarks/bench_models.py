@@ -166,10 +166,12 @@ PROTOCOLS = {"cave-gauss-x8": 8, "cave-mhf-x32": 32}
 JOINT_PROTOCOLS = {"cave-gauss-x8@x4": 4, "cave-mhf-x32@x16": 16}  # rows only when a model was trained for that scale (MulSR --joint-scale)
 
 
-def quality_table(shared: Path, weights: dict, diffusion_steps: int = 8, only: set[str] | None = None) -> list[dict]:
+def quality_table(shared: Path, weights: dict, diffusion_steps: int = 8, only: set[str] | None = None,
+                  tta: set[str] | None = None) -> list[dict]:
     """Every method with weights for the protocol's scale, and the classical baselines, in one run.
 
-    ``only``: just these methods (e.g. a model trained after the rest was measured; --from-log merges).
+    ``only``: just these methods or row labels (e.g. a model trained after the rest was measured;
+    --from-log merges). ``tta``: these models also with ``-O tta=8`` (test-time self-ensemble).
     """
     rows = []
     protocols = {**PROTOCOLS, **{p: s for p, s in JOINT_PROTOCOLS.items() if any(sc == s for _, sc in weights)}}
@@ -184,8 +186,10 @@ def quality_table(shared: Path, weights: dict, diffusion_steps: int = 8, only: s
                 opts["steps"] = diffusion_steps
                 label += f", {diffusion_steps} DDIM steps"
             methods.append((label, model, opts))
+            if tta and model in tta:
+                methods.append((f"{label} (tta 8)", model, {**opts, "tta": 8}))
         if only:
-            methods = [m for m in methods if m[1] in only]
+            methods = [m for m in methods if m[1] in only or m[0] in only]
         for label, method, opts in methods:
             for scene in VALIDATION_SCENES:
                 m = evaluate(shared, scene, protocol, method, opts)
@@ -302,7 +306,9 @@ def markdown(costs: list[dict], quality: list[dict], robust: list[dict], steps: 
         sel_p = [r for r in quality if r["protocol"] == protocol]
         lines += ["", f"Validation quality, `{protocol}`, scenes {', '.join(VALIDATION_SCENES)} (never trained on), "
                   "true PSF/SRF given to every method, whole 512² scenes through the engine (`fuse_arrays`, default "
-                  "tiling), all measured in this run; time per scene on this CPU:", "",
+                  "tiling), all measured in this run; time per scene on this CPU"
+                  + ("; `(tta 8)`: the same weights with `-O tta=8`, the mean of 8 passes over flipped/transposed "
+                     "inputs" if any("(tta 8)" in r["method"] for r in sel_p) else "") + ":", "",
                   "| method | mean PSNR | mean SAM | mean ERGAS | per-scene PSNR | s / scene |", "|---|---:|---:|---:|---|---:|"]
         for method in dict.fromkeys(r["method"] for r in sel_p):
             sel = [r for r in sel_p if r["method"] == method]
@@ -311,10 +317,10 @@ def markdown(costs: list[dict], quality: list[dict], robust: list[dict], steps: 
     if steps:
         lines += ["", "HSR-Diff at ×32 (`cave-mhf-x32`, same scenes): quality against the number of sampling steps "
                   "(DDIM η = 0, deterministic, seed 0; the paper's ancestral sampler at 100 steps where listed). "
-                  "The trained CDFormer is the residual-space CPU run (2000 steps, not shipped: it does not beat its "
-                  "GSA prior, docs/models/hsr-diff.md). Quality falls with every added step (one step = its "
-                  "regression from pure noise), so 16 steps and the 100-step sampler (≈ 5 and ≈ 30 CPU-minutes per "
-                  "scene) were not run on this CPU.", "",
+                  "The trained CDFormer is the third CPU run (residual space, half of each batch at the first "
+                  "sampling level, 2000 steps; not shipped: it does not beat its GSA prior, docs/models/hsr-diff.md). "
+                  "One step returns the prior; every added step costs quality, so the 100-step samplers "
+                  "(≈ 40 CPU-minutes per scene) were not run on this CPU.", "",
                   "| sampler | steps | mean PSNR | mean SAM | mean ERGAS | s / scene (CPU) |", "|---|---:|---:|---:|---:|---:|"]
         for key in dict.fromkeys((r["sampler"], r["steps"]) for r in steps):
             sel = [r for r in steps if (r["sampler"], r["steps"]) == key]
@@ -396,6 +402,7 @@ def main() -> None:
                     help="glob of trained-but-not-shipped weights records to include (marked as such)")
     ap.add_argument("--steps", default="1,2,4,8,16,100", help="HSR-Diff sampling steps to compare (empty: skip)")
     ap.add_argument("--only", default="", help="quality part: only these comma-separated methods (merge the rest --from-log)")
+    ap.add_argument("--tta", default="", help="quality part: these comma-separated models also with -O tta=8")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: cost,quality,steps,robust,demo")
     ap.add_argument("--from-log", type=Path, action="append", default=None,
                     help="take the skipped parts' rows from the printed output of earlier runs (repeatable)")
@@ -412,7 +419,8 @@ def main() -> None:
     costs = cost_table(args.repeats, weights) if "cost" not in skip else old_costs
     have_shared = (args.shared / "cave").is_dir()
     only = set(filter(None, args.only.split(",")))
-    quality = ((old_quality if only else []) + quality_table(args.shared, weights, only=only or None)
+    quality = ((old_quality if only else []) + quality_table(args.shared, weights, only=only or None,
+                                                               tta=set(filter(None, args.tta.split(","))) or None)
                if have_shared and "quality" not in skip else old_quality)
     steps = (steps_table(args.shared, weights, [int(x) for x in args.steps.split(",") if x])
              if have_shared and "steps" not in skip else old_steps)
