@@ -289,7 +289,7 @@ def markdown(costs: list[dict], quality: list[dict], robust: list[dict], steps: 
     lines += ["", "Training budgets (from the weights records):", "",
               "| weights | shipped | protocol | steps | batch × patch | CPU min | validation PSNR model / gsa |",
               "|---|---|---|---:|---|---:|---|"]
-    for (model, sc), (stem, shipped) in sorted(weights.items()):
+    for stem, shipped in dict.fromkeys(v for _, v in sorted(weights.items())):  # a two-scale weights file: one row
         rec = read_record(stem)
         cfg = rec.get("training_config") or {}
         v = rec.get("validation_metrics") or {}
