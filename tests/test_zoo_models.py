@@ -242,22 +242,28 @@ def test_network_fuser_prior_refines_gsa(tmp_path):
     np.testing.assert_allclose(out, gsa, atol=1e-5)  # untrained residual head: the prior exactly
 
 
-def test_mulsr_at_its_small_scale_tiles_exactly_on_any_tile_grid(tmp_path):
-    """At ×small_scale the large branch averages LR pixels in blocks: the fuser aligns every tile to the
-    scene's block grid, so tiles starting on odd LR pixels still equal the untiled result."""
-    from hsfuse.fusion.engine import FuseConfig, fuse_arrays
+def _mulsr_x2_x4_weights(tmp_path):
+    """Untrained 5-band MulSR weights serving x2 and x4, with non-zero decoders."""
+    from hsfuse.weights import save_weights
 
     torch.manual_seed(0)
     net = build_network("mulsr", {"bands": 5, "msi_bands": 3, "scale": 4, **TINY["mulsr"]})
     for m in net.modules():  # zero-initialised decoders would hide the large branch
         if isinstance(m, torch.nn.Conv2d) and not m.weight.any():
             torch.nn.init.normal_(m.weight, std=0.1)
-    from hsfuse.weights import save_weights
-
     stem = tmp_path / "mulsr-small"
     save_weights(stem, net.state_dict(), {"architecture": "mulsr", "kwargs": net.config, "bands": 5, "msi_bands": 3,
                                           "scales": [2, 4], "protocol": "test", "steps": 0,
                                           "training_data": "none (untrained test weights)", "validation_metrics": {}})
+    return stem
+
+
+def test_mulsr_at_its_small_scale_tiles_exactly_on_any_tile_grid(tmp_path):
+    """At ×small_scale the large branch averages LR pixels in blocks: the fuser aligns every tile to the
+    scene's block grid, so tiles starting on odd LR pixels still equal the untiled result."""
+    from hsfuse.fusion.engine import FuseConfig, fuse_arrays
+
+    stem = _mulsr_x2_x4_weights(tmp_path)
     rng = np.random.default_rng(0)
     lr, msi = rng.random((5, 30, 34), dtype=np.float32), rng.random((3, 60, 68), dtype=np.float32)
     opts = {"weights": str(stem)}
@@ -282,17 +288,7 @@ def test_dihedral_inverts_and_covers_the_eight_transforms():
 def test_tta_is_the_mean_of_transformed_passes_and_tiles_exactly(tmp_path):
     """tta=8 averages the network over flipped/transposed inputs (as trained); tiles still match the whole scene."""
     from hsfuse.fusion.engine import FuseConfig, fuse_arrays
-    from hsfuse.weights import save_weights
-
-    torch.manual_seed(0)
-    net = build_network("mulsr", {"bands": 5, "msi_bands": 3, "scale": 4, **TINY["mulsr"]})
-    for m in net.modules():
-        if isinstance(m, torch.nn.Conv2d) and not m.weight.any():
-            torch.nn.init.normal_(m.weight, std=0.1)
-    stem = tmp_path / "mulsr-tta"
-    save_weights(stem, net.state_dict(), {"architecture": "mulsr", "kwargs": net.config, "bands": 5, "msi_bands": 3,
-                                          "scales": [2, 4], "protocol": "test", "steps": 0,
-                                          "training_data": "none (untrained test weights)", "validation_metrics": {}})
+    stem = _mulsr_x2_x4_weights(tmp_path)
     rng = np.random.default_rng(3)
     lr, msi = rng.random((5, 12, 14), dtype=np.float32), rng.random((3, 24, 28), dtype=np.float32)
     one = fuse_arrays(lr, msi, FuseConfig(model="mulsr", tile=4096, options={"weights": str(stem)}))
