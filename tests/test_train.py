@@ -99,6 +99,10 @@ def test_resume_is_exact(tmp_path, synth):
     pb = torch.load(tmp_path / "b" / "run" / "checkpoint.pt", weights_only=False)["model"]
     assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
     assert any(k.startswith("teacher.") for k in pa)  # online KD trained a teacher too
+    header = (tmp_path / "a" / "run" / "log.csv").read_text().splitlines()
+    cols = header[0].split(",")
+    assert {"l1", "kd", "feat", "teacher"} <= set(cols)  # the distillation terms are logged
+    assert all(v != "" for v in header[1].split(","))
 
 
 def test_export_load_fuse_roundtrip(tmp_path, synth):
@@ -228,9 +232,10 @@ def test_zoo_model_trains_exports_and_fuses(tmp_path, synth, model, prior):
     # (docs/BENCHMARKS.md) and by test_loss_falls for the shared loop. Here: the run is sound.
     assert np.isfinite(res.loss_history).all() and len(res.loss_history) == 40 and last < 2 * first
     header = (tmp_path / "run" / "log.csv").read_text().splitlines()[0].split(",")
-    # every loss term has a column; hsr-diff's top_level is a level-sampling share, not a term
-    assert header[:2] == ["step", "loss"] and set(cfg.weights) - {"top_level"} <= set(header)
-    assert "top_level" not in header
+    # every loss term in use has a column; hsr-diff's top_level is a level-sampling share, not a term
+    used = {k for k, v in cfg.weights.items() if v} - {"top_level"}
+    assert header[:2] == ["step", "loss"] and used <= set(header)
+    assert "top_level" not in header and not ({k for k, v in cfg.weights.items() if not v} & set(header))
     state, rec = load_weights(stem)
     head = [v for k, v in state.items() if k in ("head.weight", "head.2.weight", "recon.weight", "large.dec.2.weight")]
     assert head and any(float(v.abs().sum()) > 0 for v in head)  # zero-initialised heads moved

@@ -135,6 +135,22 @@ def test_mulsr_two_outputs_and_selection():
 # --------------------------------------------------------------------- deformable convolution
 
 
+def test_mulsr_sam_term_is_the_spectral_angle_of_the_large_output():
+    from hsfuse.models.mulsr import MulSROutput
+
+    gt = torch.rand(2, 31, 8, 8) + 0.1
+    scaled = MulSROutput(gt * 0.5, gt * 3.0)  # same spectra, other brightness: zero angle, nonzero L1
+    t = mulsr_loss(scaled, gt, w_sam=1.0)
+    assert float(t["sam"]) < 1e-2 and float(t["large"]) > 0.1
+    assert "sam" not in mulsr_loss(scaled, gt)  # off by default (the paper's loss)
+    flipped = MulSROutput(gt, gt.flip(1))  # spectra reversed: a real angle, checked against numpy
+    a, b = gt.flip(1).permute(0, 2, 3, 1).reshape(-1, 31).numpy(), gt.permute(0, 2, 3, 1).reshape(-1, 31).numpy()
+    ang = np.arccos(np.clip((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1), -1, 1)).mean()
+    t = mulsr_loss(flipped, gt, w_sam=2.0)
+    assert abs(float(t["sam"]) - 2.0 * ang) < 1e-3
+    assert abs(float(t["total"]) - float(t["small"] + t["large"] + t["sam"])) < 1e-6
+
+
 def test_modulated_deform_conv_matches_conv_and_shift():
     torch.manual_seed(0)
     x, w, b = torch.randn(2, 5, 7, 9), torch.randn(4, 5, 3, 3), torch.randn(4)

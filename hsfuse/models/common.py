@@ -23,3 +23,13 @@ def residual_base(up: torch.Tensor, prior: torch.Tensor | None, use_prior: bool)
     if prior is None:
         raise ValueError("this network was built with prior=True: pass prior=(B, C, H, W)")
     return prior
+
+
+def spectral_angle_loss(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Mean spectral angle (radians) between (B, C, H, W) spectra: the SAM metric as a loss.
+
+    Scale-invariant, so dark pixels weigh as much as bright ones (L1 nearly ignores them; SAM
+    on CAVE is dominated by them). The clamp keeps acos's gradient finite at 0 and π.
+    """
+    cos = (x * y).sum(1) / (x.norm(dim=1) * y.norm(dim=1) + eps)
+    return torch.acos(cos.clamp(-1 + 1e-6, 1 - 1e-6)).mean()

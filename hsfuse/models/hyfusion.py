@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import check_inputs, residual_base
+from .common import check_inputs, residual_base, spectral_angle_loss
 from .mftn import LayerNorm2d
 
 __all__ = ["HyFusion", "ERFB", "ISTL", "hyfusion_loss", "DEFAULT_LOSS_WEIGHTS"]
@@ -225,8 +225,7 @@ def hyfusion_loss(out: torch.Tensor, gt: torch.Tensor, weights: dict[str, float]
     w.update(weights or {})
     terms = {"l1": w["l1"] * F.l1_loss(out, gt)}
     if w.get("sam"):
-        cos = (out * gt).sum(1) / (out.norm(dim=1) * gt.norm(dim=1) + 1e-7)
-        terms["sam"] = w["sam"] * torch.acos(cos.clamp(-1 + 1e-6, 1 - 1e-6)).mean()
+        terms["sam"] = w["sam"] * spectral_angle_loss(out, gt)
     if w.get("swt"):
         terms["swt"] = w["swt"] * sum(F.l1_loss(a, b) for a, b in zip(_swt_haar(out), _swt_haar(gt)))
     terms["total"] = sum(terms.values())

@@ -49,7 +49,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .common import check_inputs, residual_base
+from .common import check_inputs, residual_base, spectral_angle_loss
 from torch import nn
 
 __all__ = ["MFTN", "IMatchFormer", "SAAM", "modulated_deform_conv2d", "mftn_loss", "DEFAULT_LOSS_WEIGHTS"]
@@ -304,9 +304,7 @@ class MFTN(nn.Module):
 # ---------------------------------------------------------------------- loss
 
 
-def _sam(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    cos = (x * y).sum(1) / (x.norm(dim=1) * y.norm(dim=1) + eps)
-    return torch.acos(cos.clamp(-1 + 1e-6, 1 - 1e-6)).mean()
+_sam = spectral_angle_loss
 
 
 def _grad_loss(x: torch.Tensor, y: torch.Tensor, levels: int = 3) -> torch.Tensor:

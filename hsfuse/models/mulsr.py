@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import check_inputs
+from .common import check_inputs, spectral_angle_loss
 
 __all__ = ["MulSR", "MulSROutput", "SelectOutput", "DSCA", "mulsr_loss", "RECIPE"]
 
@@ -222,10 +222,17 @@ class SelectOutput(nn.Module):
         return self.net.receptive_radius_hr(scale)
 
 
-def mulsr_loss(out: MulSROutput, gt: torch.Tensor, w_small: float = 1.0, w_large: float = 1.0) -> dict[str, torch.Tensor]:
-    """L1 of both outputs against the same HR ground truth; ``"total"`` is the weighted sum."""
+def mulsr_loss(out: MulSROutput, gt: torch.Tensor, w_small: float = 1.0, w_large: float = 1.0,
+               w_sam: float = 0.0) -> dict[str, torch.Tensor]:
+    """L1 of both outputs against the same HR ground truth; ``"total"`` is the weighted sum.
+
+    ``w_sam`` > 0 adds the spectral angle (radians) of the large-scale output, which the paper
+    does not use: our addition, to trade a little PSNR for SAM (docs/models/mulsr.md).
+    """
     terms = {"small": w_small * F.l1_loss(out.small, gt), "large": w_large * F.l1_loss(out.large, gt)}
-    terms["total"] = terms["small"] + terms["large"]
+    if w_sam:
+        terms["sam"] = w_sam * spectral_angle_loss(out.large, gt)
+    terms["total"] = sum(terms.values())
     return terms
 
 

@@ -68,11 +68,9 @@ def quick_metrics(ref: np.ndarray, est: np.ndarray, scale: int) -> dict[str, flo
 
 
 def sam_loss(x, y, eps: float = 1e-7):
-    import torch
+    from ..models.common import spectral_angle_loss
 
-    dot = (x * y).sum(1)
-    cos = dot / (x.norm(dim=1) * y.norm(dim=1) + eps)
-    return torch.acos(cos.clamp(-1 + 1e-6, 1 - 1e-6)).mean()
+    return spectral_angle_loss(x, y, eps)
 
 
 def beba_loss(x, y, eps: float = 1e-4):
@@ -381,7 +379,9 @@ def train(cfg: TrainConfig, progress: bool = False, scenes: Sequence | None = No
         model = DDP(bundle, device_ids=[device] if device.startswith("cuda") else None)
 
     csv_path = out_dir / "log.csv"
-    part_names = [k for k in w if k not in ("kd", "feat", "top_level")]  # top_level: a sampling share, not a term + (["kd", "feat", "teacher"] if cfg.distill else [])
+    # one column per loss term in use: not top_level (a sampling share), not terms weighted 0
+    part_names = [k for k in w if k not in ("kd", "feat", "top_level") and w[k]]
+    part_names += ["kd", "feat", "teacher"] if cfg.distill else []
     part_names += [f"joint_{k}" for k in part_names] if cfg.joint_scale else []
     fields_csv = ["step", "loss", *part_names, "lr", "wall_s"]
     if dist_info.main and (not cfg.resume or not csv_path.exists()):

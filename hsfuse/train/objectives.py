@@ -42,7 +42,7 @@ MODELS: dict[str, ModelSpec] = {
     "hyfusion": ModelSpec("hyfusion", "hyfusion", "hyfusion", "Hsu, Lee, Kang et al., HyFusion (arXiv 2501.04665)",
                           {"l1": 1.0, "sam": 0.1, "swt": 0.1}),
     "mulsr": ModelSpec("mulsr", "mulsr", "mulsr", "MulSR, Multi-Scale Factor Joint Learning for HSI SR (IEEE TGRS)",
-                       {"small": 1.0, "large": 1.0}),
+                       {"small": 1.0, "large": 1.0, "sam": 0.0}),
     "hsr-diff": ModelSpec("hsr-diff", "hsrdiff-cdformer", "hsr-diff", "Wu et al., HSR-Diff, ICCV 2023 (arXiv 2306.12085)",
                           {"l1": 1.0, "spatial": 0.5, "spectral": 0.5, "top_level": 0.0}),
 }
@@ -122,7 +122,8 @@ def make_loss(model: str, weights: Mapping[str, float], fm=None) -> Callable:
 
         def mulsr(net, lr, msi, prior, hr):
             out = net(lr, msi, prior)
-            t = mulsr_loss(type(out)(out.small.float(), out.large.float()), hr, w.get("small", 1.0), w.get("large", 1.0))
+            t = mulsr_loss(type(out)(out.small.float(), out.large.float()), hr, w.get("small", 1.0), w.get("large", 1.0),
+                           w.get("sam", 0.0))
             t.pop("total")
             return out.large, t
 
