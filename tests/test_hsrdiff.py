@@ -117,9 +117,10 @@ def test_bad_inputs_are_explained():
         CDFormer(5, 3, width=10, heads=4)
 
 
-def test_output_is_local_and_windows_sit_on_the_scene_grid():
+@pytest.mark.parametrize("sr_skip", [False, True])
+def test_output_is_local_and_windows_sit_on_the_scene_grid(sr_skip):
     """A crop given its scene origin reproduces the full-image output beyond the receptive radius (one call)."""
-    net = tiny_net(1, depth=1)
+    net = tiny_net(1, depth=1, sr_skip=sr_skip)
     s, bands = 2, 5
     lr, msi = torch.rand(1, bands, 24, 24), torch.rand(1, 3, 48, 48)
     x, lvl = torch.randn(1, bands, 48, 48), torch.tensor([0.4])
@@ -135,6 +136,25 @@ def test_output_is_local_and_windows_sit_on_the_scene_grid():
     inner = (..., slice(m, n - m), slice(m, n - m))
     np.testing.assert_allclose(crop[inner].numpy(), full[sl][inner].numpy(), atol=1e-5)
     assert float((misaligned[inner] - full[sl][inner]).abs().max()) > 1e-3
+
+
+def test_sr_skip_carries_the_conditions_to_the_output_and_is_recorded():
+    """With the skip, the conditions change x̂0 even when the denoising stream's cross-attention is cut."""
+    lr, msi = torch.rand(1, 5, 6, 6), torch.rand(1, 3, 12, 12)
+    x, lvl = torch.randn(1, 5, 12, 12), torch.tensor([0.01])
+    outs = {}
+    for skip in (False, True):
+        net = tiny_net(2, sr_skip=skip)
+        with torch.no_grad():
+            for layer in net.dn_layers:
+                layer.cross.proj.weight.zero_()  # no path from the SR stream but the skip
+                layer.cross.proj.bias.zero_()
+            a = net(lr, msi, x, lvl) - net.encode(lr, msi).base
+            b = net(lr, msi * 2 + 0.3, x, lvl) - net.encode(lr, msi * 2 + 0.3).base
+        outs[skip] = float((a - b).abs().max())
+        assert ("sr_skip" in net.config) == skip
+        assert build_from_record("hsrdiff-cdformer", net.config).sr_skip == skip
+    assert outs[False] < 1e-6 < 1e-3 < outs[True]
 
 
 # ----------------------------------------------------------------------------- training smoke test
