@@ -157,6 +157,18 @@ def test_sr_skip_carries_the_conditions_to_the_output_and_is_recorded():
     assert outs[False] < 1e-6 < 1e-3 < outs[True]
 
 
+def test_recon_init_starts_off_the_base_and_is_recorded():
+    lr, msi, x, lvl = torch.rand(1, 5, 6, 6), torch.rand(1, 3, 12, 12), torch.randn(1, 5, 12, 12), torch.tensor([0.5])
+    for init in (0.0, 0.05):
+        torch.manual_seed(0)
+        net = CDFormer(**TINY, recon_init=init).eval()
+        with torch.no_grad():
+            off = float((net(lr, msi, x, lvl) - net.encode(lr, msi).base).abs().max())
+        assert (off > 1e-3) == bool(init) and ("recon_init" in net.config) == bool(init)
+    with pytest.raises(ValueError, match="recon_init"):
+        CDFormer(**TINY, recon_init=-1.0)
+
+
 # ----------------------------------------------------------------------------- training smoke test
 
 

@@ -230,7 +230,7 @@ class CDFormer(nn.Module):
 
     def __init__(self, bands: int, msi_bands: int, width: int = 64, depth: int = 4, heads: int = 4,
                  window: int = 8, ffn_expansion: float = 2.0, emb_dim: int = 128, prior: bool = False,
-                 residual_scale: float = 0.0, sr_skip: bool = False):
+                 residual_scale: float = 0.0, sr_skip: bool = False, recon_init: float = 0.0):
         super().__init__()
         if width % heads:
             raise ValueError(f"width {width} is not divisible by heads {heads}")
@@ -246,6 +246,10 @@ class CDFormer(nn.Module):
         self.sr_skip = bool(sr_skip)
         if self.sr_skip:
             self.config["sr_skip"] = True
+        if recon_init < 0:
+            raise ValueError(f"recon_init must be >= 0, got {recon_init}")
+        if recon_init:
+            self.config["recon_init"] = float(recon_init)
         shifts = [0 if i % 2 == 0 else window // 2 for i in range(depth)]
         # SR stream (prior=True: the classical detail-injection estimate is a third condition and the base)
         self.cond_embed = nn.Conv2d(bands * (2 if prior else 1) + msi_bands, width, 3, 1, 1)
@@ -258,8 +262,11 @@ class CDFormer(nn.Module):
                                        for sh in shifts)
         self.out_norm = nn.LayerNorm(width)
         self.recon = nn.Conv2d(width, bands, 3, 1, 1)
-        nn.init.zeros_(self.recon.weight)  # an untrained network returns the bicubic base
         nn.init.zeros_(self.recon.bias)
+        if recon_init:  # a small random start: with a zero conv no gradient reaches the layers below it
+            nn.init.normal_(self.recon.weight, 0.0, float(recon_init))
+        else:
+            nn.init.zeros_(self.recon.weight)  # an untrained network returns the bicubic base
 
     # -- receptive field (tiling halo)
     def radius_x_hr(self) -> int:
