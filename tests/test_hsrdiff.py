@@ -117,21 +117,21 @@ def test_bad_inputs_are_explained():
         CDFormer(5, 3, width=10, heads=4)
 
 
-@pytest.mark.parametrize("sr_skip", [False, True])
-def test_output_is_local_and_windows_sit_on_the_scene_grid(sr_skip):
+@pytest.mark.parametrize("sr_skip,lr_context", [(False, 0), (True, 0), (False, 2)])
+def test_output_is_local_and_windows_sit_on_the_scene_grid(sr_skip, lr_context):
     """A crop given its scene origin reproduces the full-image output beyond the receptive radius (one call)."""
-    net = tiny_net(1, depth=1, sr_skip=sr_skip)
+    net = tiny_net(1, depth=1, sr_skip=sr_skip, lr_context=lr_context)
     s, bands = 2, 5
-    lr, msi = torch.rand(1, bands, 24, 24), torch.rand(1, 3, 48, 48)
-    x, lvl = torch.randn(1, bands, 48, 48), torch.tensor([0.4])
-    r0, c0, n = 6, 4, 36  # HR origin of the crop (multiples of s, not of the window 3) and its size
+    lr, msi = torch.rand(1, bands, 40, 40), torch.rand(1, 3, 80, 80)
+    x, lvl = torch.randn(1, bands, 80, 80), torch.tensor([0.4])
+    r0, c0, n = 6, 4, 64  # HR origin of the crop (multiples of s, not of the window 3) and its size
     sl = (..., slice(r0, r0 + n), slice(c0, c0 + n))
     sl_lr = (..., slice(r0 // s, (r0 + n) // s), slice(c0 // s, (c0 + n) // s))
     with torch.no_grad():
         full = net(lr, msi, x, lvl)
         crop = net(lr[sl_lr], msi[sl], x[sl], lvl, origin=(r0, c0))
         misaligned = net(lr[sl_lr], msi[sl], x[sl], lvl, origin=(0, 0))
-    m = net.radius_cond_hr() + 2 * s + 1  # + the bicubic upsampling's reach
+    m = net.radius_cond_hr(s) + 2 * s + 1  # + the bicubic upsampling's reach
     assert n - 2 * m > 0
     inner = (..., slice(m, n - m), slice(m, n - m))
     np.testing.assert_allclose(crop[inner].numpy(), full[sl][inner].numpy(), atol=1e-5)
@@ -155,6 +155,25 @@ def test_sr_skip_carries_the_conditions_to_the_output_and_is_recorded():
         assert ("sr_skip" in net.config) == skip
         assert build_from_record("hsrdiff-cdformer", net.config).sr_skip == skip
     assert outs[False] < 1e-6 < 1e-3 < outs[True]
+
+
+def test_lr_context_sees_beyond_the_windows_and_is_recorded():
+    """The LR-grid path lets an output pixel depend on conditions farther away than the windows reach."""
+    s = 4
+    lr, msi, x, lvl = torch.rand(1, 5, 12, 12), torch.rand(1, 3, 48, 48), torch.randn(1, 5, 48, 48), torch.tensor([0.5])
+    far = lr.clone()
+    far[..., 0, 0] += 10.0  # LR pixel (0, 0): 6 LR pixels from the output pixel checked, HR (25, 25)
+    deltas = {}
+    for k in (0, 2, 8):
+        net = tiny_net(3, depth=1, lr_context=k)
+        with torch.no_grad():
+            deltas[k] = float((net(lr, msi, x, lvl) - net(far, msi, x, lvl))[..., 25, 25].abs().max())
+        assert ("lr_context" in net.config) == bool(k) and build_from_record("hsrdiff-cdformer", net.config).lr_context == k
+    assert 25 > tiny_net(3, depth=1).radius_cond_hr(s) + 2 * s + 1  # beyond the plain network's reach
+    assert deltas[0] == 0.0 and deltas[2] == 0.0  # 2 LR convs + bilinear reach 3 LR pixels, not 6
+    assert deltas[8] > 1e-4 and tiny_net(3, depth=1, lr_context=8).radius_cond_hr(s) >= 10 * s
+    with pytest.raises(ValueError, match="lr_context"):
+        CDFormer(**TINY, lr_context=-1)
 
 
 def test_recon_init_starts_off_the_base_and_is_recorded():
@@ -217,9 +236,21 @@ class TinyResidualFuser(TinyFuser):
     residual_scale = 0.05
 
 
-@pytest.fixture(params=["image", "residual"])
+class TinyContextFuser(TinyFuser):
+    """Residual space, the LR-grid context path and the skip: every option that changes the halo."""
+
+    residual_scale = 0.05
+
+    def _load_network(self):
+        p = self.problem
+        net = tiny_net(7, bands=p.lr_bands, msi_bands=p.msi_bands, residual_scale=self.residual_scale,
+                       lr_context=2, sr_skip=True)
+        return net, {"architecture": "hsrdiff-cdformer"}
+
+
+@pytest.fixture(params=["image", "residual", "context"])
 def tiny_model(monkeypatch, request):
-    cls = "TinyFuser" if request.param == "image" else "TinyResidualFuser"
+    cls = {"image": "TinyFuser", "residual": "TinyResidualFuser", "context": "TinyContextFuser"}[request.param]
     entry = registry.ModelEntry("hsr-diff-tiny", "zero-shot", "test", f"test_hsrdiff:{cls}", "any")
     monkeypatch.setitem(registry.REGISTRY, entry.name, entry)
     return entry.name

@@ -222,6 +222,11 @@ class CDFormer(nn.Module):
     x_t (B, C, h·s, w·s), noise_level = √γ (B,) -> x̂0 (B, C, h·s, w·s). ``origin`` = scene position
     (HR row, col) of the first pixel, so windows sit on the scene grid when tiling.
 
+    ``lr_context`` k (ours, not in the paper: it has no downsampling): k 3x3 convs on the LR grid
+    (LR-HSI, block-averaged MSI and prior), bilinearly upsampled and added to the SR stream's
+    embedding. Why: at ×32 an 8-pixel window sees a quarter of one LR pixel; the one-shot
+    networks that beat the prior all see context at the LR scale.
+
     ``sr_skip`` (ours, not in the paper): the SR stream's last features are added before the
     reconstruction. Why: at the top noise level x_t is pure noise and the conditions reach the
     output only through cross-attention queried by noise; measured on CAVE ×32, such a network
@@ -230,7 +235,8 @@ class CDFormer(nn.Module):
 
     def __init__(self, bands: int, msi_bands: int, width: int = 64, depth: int = 4, heads: int = 4,
                  window: int = 8, ffn_expansion: float = 2.0, emb_dim: int = 128, prior: bool = False,
-                 residual_scale: float = 0.0, sr_skip: bool = False, recon_init: float = 0.0):
+                 residual_scale: float = 0.0, sr_skip: bool = False, recon_init: float = 0.0,
+                 lr_context: int = 0):
         super().__init__()
         if width % heads:
             raise ValueError(f"width {width} is not divisible by heads {heads}")
@@ -250,9 +256,20 @@ class CDFormer(nn.Module):
             raise ValueError(f"recon_init must be >= 0, got {recon_init}")
         if recon_init:
             self.config["recon_init"] = float(recon_init)
+        if int(lr_context) != lr_context or lr_context < 0:
+            raise ValueError(f"lr_context must be an integer >= 0, got {lr_context}")
+        self.lr_context = int(lr_context)
+        if self.lr_context:
+            self.config["lr_context"] = self.lr_context
         shifts = [0 if i % 2 == 0 else window // 2 for i in range(depth)]
         # SR stream (prior=True: the classical detail-injection estimate is a third condition and the base)
         self.cond_embed = nn.Conv2d(bands * (2 if prior else 1) + msi_bands, width, 3, 1, 1)
+        if self.lr_context:  # ours: context at the LR grid (see the class doc)
+            cin = bands * (2 if prior else 1) + msi_bands
+            convs: list[nn.Module] = []
+            for i in range(self.lr_context):
+                convs += [nn.Conv2d(cin if i == 0 else width, width, 3, 1, 1), nn.LeakyReLU(0.2)]
+            self.lr_net = nn.Sequential(*convs[:-1])
         self.sr_layers = nn.ModuleList(SpatioSpectralLayer(width, heads, window, sh, ffn_expansion) for sh in shifts)
         # denoising stream
         self.emb_dim = emb_dim
@@ -273,19 +290,25 @@ class CDFormer(nn.Module):
         """HR pixels of x_t that one x̂0 pixel depends on: embed conv + one 3x3 dw conv per layer + recon conv."""
         return self.depth + 2
 
-    def radius_cond_hr(self) -> int:
-        """HR pixels of the (upsampled) conditions one x̂0 pixel depends on, in one denoiser call."""
+    def radius_cond_hr(self, scale: int = 1) -> int:
+        """HR pixels of the (upsampled) conditions one x̂0 pixel depends on, in one denoiser call.
+
+        With ``lr_context`` k the LR-grid path reaches k LR pixels, +1 for its bilinear upsampling,
+        +1 for the block an HR pixel sits in: (k + 2)·scale HR pixels before the SR layers.
+        """
         ws = self.window
         sr = 1 + self.depth * (2 * (ws - 1) + 1)  # embed; per layer spatial + spectral window, dw conv
+        if self.lr_context:
+            sr = max(sr, self.depth * (2 * (ws - 1) + 1) + (self.lr_context + 2) * int(scale))
         return sr + (ws - 1) + self.depth + 1  # cross-attention window, later dw convs, recon
 
-    def receptive_radius_hr(self, steps: int) -> int:
+    def receptive_radius_hr(self, steps: int, scale: int = 1) -> int:
         """Upper bound on the HR context an output pixel depends on after ``steps`` sampler steps."""
-        return (steps - 1) * self.radius_x_hr() + max(self.radius_cond_hr(), self.radius_x_hr())
+        return (steps - 1) * self.radius_x_hr() + max(self.radius_cond_hr(scale), self.radius_x_hr())
 
     def halo_lr(self, scale: int, steps: int) -> int:
         """LR pixels of tile context making tiled == untiled (+2 for the bicubic upsampling of the LR)."""
-        return int(math.ceil(self.receptive_radius_hr(steps) / scale)) + 2
+        return int(math.ceil(self.receptive_radius_hr(steps, scale) / scale)) + 2
 
     # -- the two streams
     def encode(self, lr: torch.Tensor, msi: torch.Tensor, origin: Origin = (0, 0),
@@ -295,7 +318,13 @@ class CDFormer(nn.Module):
         up = F.interpolate(lr, size=(H, W), mode="bicubic", align_corners=False)
         base = residual_base(up, prior, self.prior)
         conds = [up, msi, prior] if self.prior else [up, msi]
-        f = self.cond_embed(torch.cat(conds, 1)).permute(0, 2, 3, 1)
+        f = self.cond_embed(torch.cat(conds, 1))
+        if self.lr_context:
+            s = H // lr.shape[-2]
+            low = [lr, F.avg_pool2d(msi, s)] + ([F.avg_pool2d(prior, s)] if self.prior else [])
+            ctx = self.lr_net(torch.cat(low, 1))
+            f = f + F.interpolate(ctx, size=(H, W), mode="bilinear", align_corners=False)
+        f = f.permute(0, 2, 3, 1)
         feats = []
         for layer in self.sr_layers:
             f = layer(f, origin)

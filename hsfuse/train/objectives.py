@@ -183,7 +183,7 @@ def _diffusion_predictor_cls():
             self.prior = net.prior
 
         def receptive_radius_hr(self, scale: int) -> int:
-            return self.net.receptive_radius_hr(self.steps)
+            return self.net.receptive_radius_hr(self.steps, scale)
 
         def forward(self, lr, msi, prior=None):
             from ..models import diffusion as D
