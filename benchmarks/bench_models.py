@@ -294,11 +294,13 @@ def markdown(costs: list[dict], quality: list[dict], robust: list[dict], steps: 
         cfg = rec.get("training_config") or {}
         v = rec.get("validation_metrics") or {}
         mins = (rec.get("cpu_seconds") or rec.get("wall_seconds") or 0) / 60
-        prev = rec.get("previous_training") or {}
-        if prev.get("cpu_seconds"):
-            mins += prev["cpu_seconds"] / 60
+        chain, prev = [], rec.get("previous_training") or {}
+        while prev:  # fine-tuning chains: the earlier runs, newest first
+            chain.append(str(prev.get("steps")))
+            mins += (prev.get("cpu_seconds") or 0) / 60
+            prev = prev.get("previous_training") or {}
         lines.append(f"| {stem.name} | {'yes' if shipped else 'no (below gsa)'} | {rec.get('protocol')} | {rec.get('steps')}"
-                     f"{' + ' + str(prev.get('steps')) + ' (pre-training)' if prev.get('steps') else ''} | "
+                     f"{' + ' + ' + '.join(chain) + ' (earlier runs)' if chain else ''} | "
                      f"{cfg.get('batch')} × {cfg.get('patch')}² | {mins:.0f} | "
                      f"{v.get('model', {}).get('mean', {}).get('psnr', float('nan')):.2f} / "
                      f"{v.get('gsa', {}).get('mean', {}).get('psnr', float('nan')):.2f} |")

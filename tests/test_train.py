@@ -105,6 +105,23 @@ def test_resume_is_exact(tmp_path, synth):
     assert all(v != "" for v in header[1].split(","))
 
 
+def test_fine_tuning_chain_is_kept_in_the_record(tmp_path, synth):
+    """Weights fine-tuned twice list both earlier runs (nested previous_training), newest first."""
+    from hsfuse.weights import read_record
+
+    scenes, fm = synth
+    stems = [tmp_path / "w" / f"csakd-s-gen{i}" for i in range(3)]
+    for i, (stem, steps) in enumerate(zip(stems, (4, 3, 2))):
+        cfg = tiny(tmp_path / f"r{i}", export=str(stem), export_if_better=False, steps=steps,
+                   init_weights=str(stems[i - 1]) if i else "")
+        train(cfg, scenes=scenes[:2], val_scenes=scenes[2:], fm=fm)
+    rec = read_record(stems[2])
+    prev = rec["previous_training"]
+    assert rec["steps"] == 2 and prev["steps"] == 3 and prev["name"] == "csakd-s-gen1"
+    assert prev["previous_training"]["steps"] == 4 and prev["previous_training"]["previous_training"] is None
+    assert read_record(stems[0])["previous_training"] is None
+
+
 def test_export_load_fuse_roundtrip(tmp_path, synth):
     from hsfuse.fusion.base import FusionProblem
     from hsfuse.models.classical import fuse_arrays

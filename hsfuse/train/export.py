@@ -64,6 +64,7 @@ def build_record(cfg: TrainConfig, net, fm, result, train_scenes: Sequence, val_
                                              "protocol", "created", "git_commit", "sha256")}
         previous["validation_metrics_mean"] = {k: v.get("mean") for k, v in (prev.get("validation_metrics") or {}).items()
                                                if isinstance(v, dict) and "mean" in v}
+        previous["previous_training"] = prev.get("previous_training")  # the whole chain, nested
     extra: dict[str, Any] = {}
     if cfg.model == "hsr-diff":
         from ..models.diffusion import NoiseSchedule
