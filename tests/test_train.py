@@ -105,6 +105,16 @@ def test_resume_is_exact(tmp_path, synth):
     assert all(v != "" for v in header[1].split(","))
 
 
+def test_bad_model_kwargs_are_a_usage_error():
+    from hsfuse.errors import UsageError
+    from hsfuse.train.objectives import build_net
+
+    with pytest.raises(UsageError, match="lr_context"):
+        build_net("hsr-diff", 31, 3, 32, True, {"lr_context": -1})
+    with pytest.raises(UsageError, match="no_such_option"):
+        build_net("mulsr", 31, 3, 8, True, {"no_such_option": 1})
+
+
 def test_fine_tuning_chain_is_kept_in_the_record(tmp_path, synth):
     """Weights fine-tuned twice list both earlier runs (nested previous_training), newest first."""
     from hsfuse.weights import read_record

@@ -304,9 +304,6 @@ class MFTN(nn.Module):
 # ---------------------------------------------------------------------- loss
 
 
-_sam = spectral_angle_loss
-
-
 def _grad_loss(x: torch.Tensor, y: torch.Tensor, levels: int = 3) -> torch.Tensor:
     """L1 between horizontal/vertical finite differences of x and y at 1, 1/2, 1/4 resolution."""
     total = x.new_zeros(())
@@ -344,7 +341,7 @@ def mftn_loss(out: torch.Tensor, gt: torch.Tensor, net: MFTN | None = None, aux:
     if w.get("grad"):
         terms["grad"] = w["grad"] * _grad_loss(out, gt)
     if w.get("sam"):
-        terms["sam"] = w["sam"] * _sam(out, gt)
+        terms["sam"] = w["sam"] * spectral_angle_loss(out, gt)
     if w.get("transfer") and net is not None and aux is not None:
         from torch.func import functional_call
 

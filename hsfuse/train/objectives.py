@@ -57,8 +57,20 @@ def spec(model: str) -> ModelSpec:
 
 
 def build_net(model: str, bands: int, msi_bands: int, scale: int, prior: bool, overrides: Mapping[str, Any] | None = None):
-    """The untrained network for ``model``; ``overrides`` are constructor keywords (``nf``, ``width``, ...)."""
+    """The untrained network for ``model``; ``overrides`` are constructor keywords (``nf``, ``width``, ...).
+
+    A keyword the network rejects (unknown name, bad value) is a usage error, not a crash.
+    """
+    from ..errors import UsageError
+
     over = {k: v for k, v in dict(overrides or {}).items() if v is not None}
+    try:
+        return _build_net(model, bands, msi_bands, scale, prior, over)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"cannot build {model} with --model-kwargs {over}: {e}") from None
+
+
+def _build_net(model: str, bands: int, msi_bands: int, scale: int, prior: bool, over: dict[str, Any]):
     if model in ("student", "teacher"):
         from ..models.csakd import build_csakd
 
