@@ -263,9 +263,9 @@ class CDFormer(nn.Module):
             self.config["lr_context"] = self.lr_context
         shifts = [0 if i % 2 == 0 else window // 2 for i in range(depth)]
         # SR stream (prior=True: the classical detail-injection estimate is a third condition and the base)
-        self.cond_embed = nn.Conv2d(bands * (2 if prior else 1) + msi_bands, width, 3, 1, 1)
+        cin = bands * (2 if prior else 1) + msi_bands
+        self.cond_embed = nn.Conv2d(cin, width, 3, 1, 1)
         if self.lr_context:  # ours: context at the LR grid (see the class doc)
-            cin = bands * (2 if prior else 1) + msi_bands
             convs: list[nn.Module] = []
             for i in range(self.lr_context):
                 convs += [nn.Conv2d(cin if i == 0 else width, width, 3, 1, 1), nn.LeakyReLU(0.2)]
