@@ -167,11 +167,13 @@ JOINT_PROTOCOLS = {"cave-gauss-x8@x4": 4, "cave-mhf-x32@x16": 16}  # rows only w
 
 
 def quality_table(shared: Path, weights: dict, diffusion_steps: int = 8, only: set[str] | None = None,
-                  tta: set[str] | None = None) -> list[dict]:
+                  tta: set[str] | None = None, plain: set[str] | None = None) -> list[dict]:
     """Every method with weights for the protocol's scale, and the classical baselines, in one run.
 
     ``only``: just these methods or row labels (e.g. a model trained after the rest was measured;
     --from-log merges). ``tta``: these models also with ``-O tta=8`` (test-time self-ensemble).
+    ``plain``: these models also with ``-O lr_consistency=off`` (the network's own output: the engine
+    is given the true PSF, so the LR-consistency step is on by default; models/consistency.py).
     """
     rows = []
     protocols = {**PROTOCOLS, **{p: s for p, s in JOINT_PROTOCOLS.items() if any(sc == s for _, sc in weights)}}
@@ -188,6 +190,8 @@ def quality_table(shared: Path, weights: dict, diffusion_steps: int = 8, only: s
             methods.append((label, model, opts))
             if tta and model in tta:
                 methods.append((f"{label} (tta 8)", model, {**opts, "tta": 8}))
+            if plain and model in plain:
+                methods.append((f"{label} (no LR consistency)", model, {**opts, "lr_consistency": "off"}))
         if only:
             methods = [m for m in methods if m[1] in only or m[0] in only]
         for label, method, opts in methods:
@@ -254,7 +258,9 @@ def demo_table(weights: dict, size: int = 512, seeds: tuple[int, ...] = (0, 1)) 
     methods = [(m, m, {}) for m in ("bicubic", "gsa")]
     for (model, sc), (stem, shipped) in sorted(weights.items()):
         if sc == 8:
-            methods.append((model if shipped else f"{model} (not shipped)", model.split(" (")[0], {"weights": str(stem)}))
+            label = model if shipped else f"{model} (not shipped)"
+            methods.append((label, model.split(" (")[0], {"weights": str(stem)}))
+            methods.append((f"{label} (no LR consistency)", model.split(" (")[0], {"weights": str(stem), "lr_consistency": "off"}))
     rows = []
     for seed in seeds:
         z = synthetic_scene(size, seed)
@@ -310,7 +316,11 @@ def markdown(costs: list[dict], quality: list[dict], robust: list[dict], steps: 
                   "true PSF/SRF given to every method, whole 512² scenes through the engine (`fuse_arrays`, default "
                   "tiling), all measured in this run; time per scene on this CPU"
                   + ("; `(tta 8)`: the same weights with `-O tta=8`, the mean of 8 passes over flipped/transposed "
-                     "inputs" if any("(tta 8)" in r["method"] for r in sel_p) else "") + ":", "",
+                     "inputs" if any("(tta 8)" in r["method"] for r in sel_p) else "")
+                  + ("; networks are run as `hsfuse fuse` runs them with a known PSF, LR consistency on "
+                     "(docs/models/mulsr.md), and `(no LR consistency)` rows give the network's own output "
+                     "(`-O lr_consistency=off`)" if any("(no LR consistency)" in r["method"] for r in sel_p) else "")
+                  + ":", "",
                   "| method | mean PSNR | mean SAM | mean ERGAS | per-scene PSNR | s / scene |", "|---|---:|---:|---:|---|---:|"]
         for method in dict.fromkeys(r["method"] for r in sel_p):
             sel = [r for r in sel_p if r["method"] == method]
@@ -352,7 +362,8 @@ def markdown(costs: list[dict], quality: list[dict], robust: list[dict], steps: 
         lines += ["", "Spectra no training scene has: generated demo scenes (`hsfuse.demo.synthetic_scene`, 512², "
                   "two seeds; materials are smooth spectral bumps, unlike CAVE's), ×8 with the 8×8 Gaussian block "
                   "(σ = 2) and the Nikon 5100 RGB curve, true PSF/SRF given. `gsa` refits its regression per scene; "
-                  "the networks carry what they learned from CAVE:", "",
+                  "the networks carry what they learned from CAVE; their LR consistency step (on with the true "
+                  "PSF) takes the regions' spectra back from the LR-HSI, `(no LR consistency)` rows are without it:", "",
                   "| method | " + " | ".join(f"{sc} PSNR / SAM" for sc in scenes) + " | mean − gsa (dB) |",
                   "|---|" + "---:|" * (len(scenes) + 1)]
         g = _mean([r for r in demo if r["method"] == "gsa"], "psnr")
@@ -405,6 +416,7 @@ def main() -> None:
     ap.add_argument("--steps", default="1,2,4,8,16,100", help="HSR-Diff sampling steps to compare (empty: skip)")
     ap.add_argument("--only", default="", help="quality part: only these comma-separated methods (merge the rest --from-log)")
     ap.add_argument("--tta", default="", help="quality part: these comma-separated models also with -O tta=8")
+    ap.add_argument("--plain", default="", help="quality part: these comma-separated models also with -O lr_consistency=off")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: cost,quality,steps,robust,demo")
     ap.add_argument("--from-log", type=Path, action="append", default=None,
                     help="take the skipped parts' rows from the printed output of earlier runs (repeatable)")
@@ -422,7 +434,8 @@ def main() -> None:
     have_shared = (args.shared / "cave").is_dir()
     only = set(filter(None, args.only.split(",")))
     quality = ((old_quality if only else []) + quality_table(args.shared, weights, only=only or None,
-                                                               tta=set(filter(None, args.tta.split(","))) or None)
+                                                               tta=set(filter(None, args.tta.split(","))) or None,
+                                                               plain=set(filter(None, args.plain.split(","))) or None)
                if have_shared and "quality" not in skip else old_quality)
     steps = (steps_table(args.shared, weights, [int(x) for x in args.steps.split(",") if x])
              if have_shared and "steps" not in skip else old_steps)

@@ -375,3 +375,58 @@ def test_tiled_equals_untiled_with_receptive_halo(arch, scale):
     full = run_tiled(net, lr, msi, None, 10 ** 6, halo)
     tiled = run_tiled(net, lr, msi, None, 4 * scale, halo)  # two tiles of 4x4 LR pixels
     np.testing.assert_allclose(tiled, full, atol=1e-5)
+
+
+# --------------------------------------------------------------------- LR consistency (models/consistency.py)
+
+
+def test_match_lr_undoes_a_gain_error_and_keeps_a_consistent_estimate():
+    from hsfuse.degrade import Psf, spatial_degrade
+    from hsfuse.models.consistency import match_lr
+
+    rng = np.random.default_rng(0)
+    z = rng.uniform(0.2, 1.0, (4, 32, 32)).astype(np.float32)
+    psf = Psf.gaussian(4, sigma=1.5)
+    lr = torch.from_numpy(spatial_degrade(z, psf))[None]
+    gains = torch.tensor([1.3, 0.8, 1.0, 1.1]).view(1, 4, 1, 1)
+    fixed = match_lr(torch.from_numpy(z)[None] * gains, lr, psf)
+    np.testing.assert_allclose(fixed[0].numpy(), z, rtol=1e-5)  # a per-band gain is a constant ratio: undone exactly
+    same = match_lr(torch.from_numpy(z)[None], lr, psf)
+    np.testing.assert_allclose(same[0].numpy(), z, rtol=1e-5)  # consistent already: unchanged
+    dark = torch.from_numpy(z)[None].clone()
+    dark[:, :, :8, :8] = 0.0  # zero estimate: no ratio to take, stays zero instead of dividing by 0
+    assert torch.isfinite(match_lr(dark, lr, psf)).all() and (match_lr(dark, lr, psf)[:, :, :4, :4] == 0).all()
+
+
+def test_lr_consistency_is_on_with_the_exact_psf_and_tiles_exactly(tmp_path):
+    from hsfuse.degrade import Psf, spatial_degrade
+    from hsfuse.fusion.engine import FuseConfig, fuse_arrays
+
+    stem = _mulsr_x2_x4_weights(tmp_path)
+    psf = Psf.gaussian(4, sigma=1.2)  # conv form: the PSF itself reaches past the LR pixel (halo_lr > 0)
+    rng = np.random.default_rng(4)
+    lr, msi = rng.uniform(0.1, 1, (5, 14, 12)).astype(np.float32), rng.uniform(0.1, 1, (3, 56, 48)).astype(np.float32)
+    run = lambda tile, **o: fuse_arrays(lr, msi, FuseConfig(model="mulsr", psf=psf, tile=tile, overlap=0,  # noqa: E731
+                                                              options={"weights": str(stem), **o}))
+    auto, on, off = run(4096), run(4096, lr_consistency="on"), run(4096, lr_consistency="off")
+    np.testing.assert_array_equal(auto, on)  # a Psf object is the exact forward model: on by default
+    err = lambda y: np.abs(spatial_degrade(y, psf) - lr).mean()  # noqa: E731
+    assert err(on) < 0.5 * err(off)  # the estimate now explains the measured LR-HSI
+    np.testing.assert_allclose(run(20, lr_consistency="on"), on, atol=1e-5)  # 5-LR-pixel tiles: the halo covers it
+    f = NetworkFuser(FusionProblem(4, 5, 3, psf=psf, options={"weights": str(stem)}))  # a guessed PSF: off
+    g = NetworkFuser(FusionProblem(4, 5, 3, psf=psf, psf_exact=True, options={"weights": str(stem)}))
+    assert not f.lr_consistency and g.lr_consistency and g.halo_lr == f.halo_lr + 2 * (1 + psf.halo_lr)
+    with pytest.raises(ModelError, match="lr_consistency"):
+        NetworkFuser(FusionProblem(4, 5, 3, psf=psf, options={"weights": str(stem), "lr_consistency": "maybe"}))
+
+
+def test_the_engine_calls_a_given_psf_exact_and_an_assumed_one_not():
+    from hsfuse.degrade import Psf
+    from hsfuse.fusion.engine import FuseConfig, build_fuser, make_plan
+    from hsfuse.io.memory import ArraySource
+
+    lr, msi = ArraySource(np.ones((31, 4, 4), np.float32)), ArraySource(np.ones((3, 32, 32), np.float32))
+    for cfg, exact in ((FuseConfig(model="gsa"), False), (FuseConfig(model="gsa", psf="gaussian"), False),
+                       (FuseConfig(model="gsa", psf=Psf.gaussian(8)), True)):
+        plan = make_plan(lr, msi, cfg)
+        assert build_fuser(plan, cfg, lr, msi).problem.psf_exact is exact, plan.psf_source

@@ -26,6 +26,9 @@ class FusionProblem:
     lr_bands: int
     msi_bands: int
     psf: Psf | None = None  # None: the method assumes/estimates one
+    #: the PSF is the forward model itself (a protocol, or a Psf object the caller built), not a guess or an
+    #: estimate: steps that only pay with the exact PSF (models/consistency.py) are on by default then
+    psf_exact: bool = False
     srf: np.ndarray | None = None  # (msi_bands, lr_bands) or None: estimate when needed
     lr_wavelengths: np.ndarray | None = None
     msi_wavelengths: np.ndarray | None = None

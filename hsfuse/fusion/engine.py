@@ -381,6 +381,7 @@ def build_fuser(plan: FusePlan, cfg: FuseConfig, lr: CubeSource, msi: CubeSource
         options["weights"] = plan.weights
     problem = FusionProblem(
         scale=plan.scale, lr_bands=lr.bands, msi_bands=msi.bands, psf=plan.psf, srf=plan.srf,
+        psf_exact=plan.psf_source.startswith("protocol") or plan.psf_source == "given",
         lr_wavelengths=lr.meta.wavelengths, msi_wavelengths=msi.meta.wavelengths, options=options,
     )
     try:

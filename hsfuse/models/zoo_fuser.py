@@ -32,6 +32,10 @@ import numpy as np
 
 from ..errors import ModelError, UsageError
 from ..fusion.base import Fuser, FusionProblem
+from .consistency import consistency_halo, match_lr
+
+#: -O lr_consistency=VALUE -> on/off ("auto": on when the PSF is exact)
+LR_CONSISTENCY = {"auto": None, "on": True, "true": True, "1": True, "off": False, "false": False, "0": False}
 
 #: architecture name in a weights record -> "module:class" (explicit, imported lazily)
 ARCHITECTURES: dict[str, str] = {
@@ -163,9 +167,17 @@ class NetworkFuser(Fuser):
         # padded to start on that block grid (fuse_tile), which costs up to align-1 more LR pixels of context
         small, large = getattr(self.net, "small_scale", 0), getattr(self.net, "scale", 0)
         self.align = large // small if small and problem.scale == small and large % small == 0 else 1
-        self.halo_bound = net_halo + prior_halo + (self.align - 1)
+        # LR consistency (models/consistency.py): on by default only with the exact PSF, where it pays
+        mode = str(problem.options.get("lr_consistency", "auto")).lower()
+        if mode not in LR_CONSISTENCY:
+            raise ModelError(f"option lr_consistency must be auto, on or off, got {mode!r}")
+        self.lr_consistency = LR_CONSISTENCY[mode] if mode != "auto" else bool(problem.psf_exact)
+        if self.lr_consistency and problem.psf is None:
+            raise ModelError("option lr_consistency=on needs the PSF (give --psf or --protocol)")
+        extra = consistency_halo(problem.psf) if self.lr_consistency else 0
+        self.halo_bound = net_halo + prior_halo + (self.align - 1) + extra
         measured = self.record.get("halo_lr", {}).get(str(problem.scale)) if isinstance(self.record.get("halo_lr"), dict) else None
-        self.halo_lr = int(problem.options.get("halo_lr", measured if measured is not None else self.halo_bound))
+        self.halo_lr = int(problem.options.get("halo_lr", measured + extra if measured is not None else self.halo_bound))
         # test-time self-ensemble over flips/transposes (the training augmentations): tta = 1, 2, 4 or 8 passes
         self.tta = int(problem.options.get("tta", 1))
         if self.tta not in (1, 2, 4, 8):
@@ -198,13 +210,17 @@ class NetworkFuser(Fuser):
                 fwd = lambda a, k=k: None if a is None else dihedral(a, k)  # noqa: E731
                 y = y + dihedral(run(fwd(lr_t), fwd(msi_t), fwd(prior_t)).float(), k, inverse=True)
         y = y / self.tta
+        if self.lr_consistency:
+            with torch.no_grad():
+                y = match_lr(y.float(), lr_t, self.problem.psf)
         return y[0, :, ky * s:(ky + h) * s, kx * s:(kx + w) * s].float().cpu().numpy()
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "halo_lr": self.halo_lr, "halo_bound_lr": self.halo_bound, "weights": str(self.weights_path),
                 "architecture": self.record.get("architecture"), "prior": bool(getattr(self.net, "prior", False)),
                 "scales": self.record.get("scales"), "protocol": self.record.get("protocol"),
-                "parameters": self.record.get("parameters"), "tta": self.tta}
+                "parameters": self.record.get("parameters"), "tta": self.tta,
+                "lr_consistency": self.lr_consistency}
 
 
 class MFTNFuser(NetworkFuser):
