@@ -9,7 +9,7 @@ twice. A ratio keeps the network's spatial detail and its band-to-band shape
 within an LR pixel and takes the region's spectrum from the measurement, which
 the network's output only approximates — a per-scene adaptive step.
 
-Measured on the CAVE validation scenes (docs/models/mulsr.md): ×32 MulSR
+Measured on the CAVE validation scenes (docs/fusion.md): ×32 MulSR
 46.30 → 46.53 dB, SAM 3.71 → 3.64°; ×8 50.57 → 50.63 dB. It needs the *exact*
 PSF: with a Gaussian of half the true width the same step costs 1.4 dB at ×8 and
 7 dB at ×32, because the ratio then carries the PSF error into every edge. The
