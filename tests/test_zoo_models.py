@@ -7,6 +7,8 @@ untrained weights written to a temporary folder.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -430,3 +432,25 @@ def test_the_engine_calls_a_given_psf_exact_and_an_assumed_one_not():
                        (FuseConfig(model="gsa", psf=Psf.gaussian(8)), True)):
         plan = make_plan(lr, msi, cfg)
         assert build_fuser(plan, cfg, lr, msi).problem.psf_exact is exact, plan.psf_source
+
+
+def test_cli_reports_lr_consistency_and_rejects_a_bad_value(tmp_path):
+    import tifffile
+    from typer.testing import CliRunner
+
+    from hsfuse.cli import app
+
+    stem = _mulsr_x2_x4_weights(tmp_path)
+    rng = np.random.default_rng(5)
+    tifffile.imwrite(tmp_path / "lr.tif", rng.uniform(0.1, 1, (5, 8, 8)).astype(np.float32))
+    tifffile.imwrite(tmp_path / "msi.tif", rng.uniform(0.1, 1, (3, 32, 32)).astype(np.float32), photometric="minisblack")
+    args = ["fuse", str(tmp_path / "lr.tif"), str(tmp_path / "msi.tif"), "--model", "mulsr", "-O", f"weights={stem}"]
+    runner = CliRunner()
+    assumed = runner.invoke(app, args + ["-o", str(tmp_path / "a.tif"), "--json"])  # no PSF given: assumed, off
+    assert assumed.exit_code == 0, assumed.output
+    assert json.loads(assumed.stdout)["model_info"]["lr_consistency"] is False
+    forced = runner.invoke(app, args + ["-o", str(tmp_path / "b.tif"), "--psf", "box", "-O", "lr_consistency=on"])
+    assert forced.exit_code == 0 and "LR consistency on" in forced.output
+    bad = runner.invoke(app, args + ["-o", str(tmp_path / "c.tif"), "-O", "lr_consistency=maybe"])
+    assert bad.exit_code != 0 and "lr_consistency must be auto, on or off" in bad.output
+    assert not (tmp_path / "c.tif").exists()

@@ -164,7 +164,9 @@ def fuse(
                                      lr_opts=lr_opts, msi_opts=msi_opts, progress=callback, notify=say)
                 say(f"{out_path}: {res.plan['model']} ({res.plan['model_reason']}), x{res.plan['scale']}, "
                     f"{res.plan['tiles']} tile(s) on {res.plan['device']}, {res.seconds:.2f} s "
-                    f"({res.megapixels_per_second:.3g} MP/s)")
+                    f"({res.megapixels_per_second:.3g} MP/s)"
+                    + ("; LR consistency on (the PSF taken as exact; -O lr_consistency=off skips it)"
+                       if (res.model_info or {}).get("lr_consistency") else ""))
                 results.append({"lr": str(lr_path), "msi": str(msi_path), "output": res.output, "status": "ok",
                                 "seconds": res.seconds, "megapixels_per_second": res.megapixels_per_second,
                                 "plan": res.plan, "model_info": res.model_info})
