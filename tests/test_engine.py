@@ -206,8 +206,55 @@ def test_default_model_is_classical_unless_the_srf_is_the_training_one():
 @pytest.mark.skipif(not registry.get_model("csakd-s").available, reason="no csakd-s weights installed")
 def test_default_model_is_the_pretrained_one_under_its_protocol(shared_data):
     lr, msi, _ = _cave_like_pair()
+    from hsfuse.weights import read_record
+
     plan = engine.make_plan(lr, msi, FuseConfig(protocol="cave-gauss-x8"))
-    assert plan.model.name == "csakd-s" and plan.weights.name == "csakd-s-cave-gauss-x8.safetensors"
+    assert plan.model.name != "gsa" and "fit the inputs" in plan.model_reason
+    chosen = engine.validation_gain(read_record(plan.weights), 8)
+    for entry in registry.list_models():  # no other fitting weights recorded a larger gain over gsa at x8
+        if entry.kind == "supervised" and entry.available:
+            for path in engine.fitting_weights(entry, lr, msi, 8)[0]:
+                gain = engine.validation_gain(read_record(path), 8)
+                assert gain is None or gain <= chosen
+    if (registry.weights_dir() / "mulsr-cave-gauss-x8.json").exists():  # the best x8 model of the shipped set
+        assert plan.model.name == "mulsr"
+        assert engine.make_plan(lr, msi, FuseConfig(protocol="cave-gauss-x8", model="csakd-s")).model.name == "csakd-s"
+
+
+@pytest.mark.skipif(not (registry.get_model("csakd-s").available and registry.get_model("mftn").available),
+                    reason="needs csakd-s and mftn weights")
+def test_default_choice_follows_the_recorded_validation_gain(tmp_path, monkeypatch):
+    """Among fitting weights, the one whose record shows the larger gain over gsa wins; none recorded: last."""
+    import json
+    import shutil
+
+    stems = {"csakd-s": "csakd-s-cave-gauss-x8", "mftn": "mftn-cave-gauss-x8"}
+    for stem in stems.values():
+        for ext in (".json", ".safetensors"):
+            shutil.copy(registry.weights_dir() / f"{stem}{ext}", tmp_path / f"{stem}{ext}")
+    monkeypatch.setenv("HSFUSE_WEIGHTS", str(tmp_path))
+
+    def set_gain(stem, gain):
+        rec = json.loads((tmp_path / f"{stem}.json").read_text())
+        rec["srf_tolerance_nm"] = 40.0  # so that a built-in camera (Nikon 5100) fits without ../shared
+        if gain is None:
+            rec["validation_metrics"] = {}
+        else:
+            rec["validation_metrics"]["model"]["mean"]["psnr"] = rec["validation_metrics"]["gsa"]["mean"]["psnr"] + gain
+        (tmp_path / f"{stem}.json").write_text(json.dumps(rec))
+
+    from hsfuse.srf import load_srf
+
+    lr, msi, wl = _cave_like_pair()
+    cfg = FuseConfig(srf=load_srf("nikon-5100", wl, 31).matrix)
+    set_gain(stems["csakd-s"], 0.5)
+    set_gain(stems["mftn"], 0.9)
+    plan = engine.make_plan(lr, msi, cfg)
+    assert plan.model.name == "mftn" and "+0.90 dB" in plan.model_reason and "of 2 fitting weights" in plan.model_reason
+    set_gain(stems["csakd-s"], 1.2)
+    assert engine.make_plan(lr, msi, cfg).model.name == "csakd-s"
+    set_gain(stems["csakd-s"], None)  # a record without validation ranks after any with one
+    assert engine.make_plan(lr, msi, cfg).model.name == "mftn"
 
 
 @pytest.mark.skipif(not registry.get_model("csakd-s").available, reason="no csakd-s weights installed")

@@ -190,22 +190,48 @@ def _srf_mismatch(rec: dict[str, Any], srf: np.ndarray | None, protocol: str | N
     return "the MSI's SRF cannot be compared with the training SRF"
 
 
+def validation_gain(rec: dict[str, Any], scale: int) -> float | None:
+    """Mean PSNR gain over ``gsa`` on the record's validation scenes at ``scale`` (dB), None if not recorded.
+
+    Every shipped network refines the same ``gsa`` estimate on the same held-out
+    scenes, so the gain over it ranks weights trained under different protocols too.
+    """
+    val = rec.get("validation_metrics") or {}
+    joint = val.get("joint_scale") or {}
+    if joint and int(joint.get("scale", 0)) == scale:
+        val = joint
+    try:
+        return float(val["model"]["mean"]["psnr"]) - float(val["gsa"]["mean"]["psnr"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def choose_model(lr: CubeSource, msi: CubeSource, scale: int, srf: np.ndarray | None = None,
                  protocol: str | None = None) -> tuple[ModelEntry, Path | None, str]:
-    """A pretrained model when one fits the bands, wavelengths, scale and SRF, else detail injection."""
+    """The pretrained weights with the largest recorded validation gain over ``gsa`` among those that fit
+    the bands, wavelengths, scale and SRF; detail injection ``gsa`` when none fits."""
     from ..weights import read_record
 
-    reasons = []
+    reasons, fits = [], []
     for entry in list_models():
         if entry.kind == "supervised" and entry.available:
             for path in fitting_weights(entry, lr, msi, scale)[0]:  # e.g. an exact-camera model, then an any-RGB one
                 rec = read_record(path)
                 mismatch = _srf_mismatch(rec, srf, protocol, lr.meta.wavelengths)
                 if mismatch is None:
-                    tol = float(rec.get("srf_tolerance_nm", 10.0))
-                    return entry, path, (f"pretrained '{entry.name}' chosen: weights {path.name} fit the inputs and the "
-                                         f"SRF matches its training SRF{'s' if tol > 10 else ''} (within {tol:g} nm)")
-                reasons.append(f"'{entry.name}' ({path.name}) not used: {mismatch}")
+                    fits.append((validation_gain(rec, scale), entry, path, float(rec.get("srf_tolerance_nm", 10.0))))
+                else:
+                    reasons.append(f"'{entry.name}' ({path.name}) not used: {mismatch}")
+    if fits:
+        # best recorded gain first; weights without one after all that have one; ties keep registry order
+        order = sorted(range(len(fits)), key=lambda i: (fits[i][0] is None, -(fits[i][0] or 0.0), i))
+        gain, entry, path, tol = fits[order[0]]
+        why = (f"pretrained '{entry.name}' chosen: weights {path.name} fit the inputs and the SRF matches its "
+               f"training SRF{'s' if tol > 10 else ''} (within {tol:g} nm)")
+        if len(fits) > 1:
+            shown = "not recorded" if gain is None else f"{gain:+.2f} dB"
+            why += f"; the largest validation gain over gsa at x{scale} ({shown}) of {len(fits)} fitting weights"
+        return entry, path, why
     tail = f" ({'; '.join(reasons)})" if reasons else ""
     return get_model("gsa"), None, f"no pretrained model fits these inputs{tail}; using classical detail injection 'gsa'"
 
