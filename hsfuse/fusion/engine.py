@@ -224,8 +224,7 @@ def choose_model(lr: CubeSource, msi: CubeSource, scale: int, srf: np.ndarray | 
                     reasons.append(f"'{entry.name}' ({path.name}) not used: {mismatch}")
     if fits:
         # best recorded gain first; weights without one after all that have one; ties keep registry order
-        order = sorted(range(len(fits)), key=lambda i: (fits[i][0] is None, -(fits[i][0] or 0.0), i))
-        gain, entry, path, tol = fits[order[0]]
+        gain, entry, path, tol = min(fits, key=lambda f: (f[0] is None, -(f[0] or 0.0)))  # min() keeps the first of ties
         why = (f"pretrained '{entry.name}' chosen: weights {path.name} fit the inputs and the SRF matches its "
                f"training SRF{'s' if tol > 10 else ''} (within {tol:g} nm)")
         if len(fits) > 1:
