@@ -205,9 +205,9 @@ def test_default_model_is_classical_unless_the_srf_is_the_training_one():
 @pytest.mark.shared
 @pytest.mark.skipif(not registry.get_model("csakd-s").available, reason="no csakd-s weights installed")
 def test_default_model_is_the_pretrained_one_under_its_protocol(shared_data):
-    lr, msi, _ = _cave_like_pair()
     from hsfuse.weights import read_record
 
+    lr, msi, _ = _cave_like_pair()
     plan = engine.make_plan(lr, msi, FuseConfig(protocol="cave-gauss-x8"))
     assert plan.model.name != "gsa" and "fit the inputs" in plan.model_reason
     chosen = engine.validation_gain(read_record(plan.weights), 8)
