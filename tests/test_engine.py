@@ -255,6 +255,8 @@ def test_default_choice_follows_the_recorded_validation_gain(tmp_path, monkeypat
     assert engine.make_plan(lr, msi, cfg).model.name == "csakd-s"
     set_gain(stems["csakd-s"], None)  # a record without validation ranks after any with one
     assert engine.make_plan(lr, msi, cfg).model.name == "mftn"
+    for bad in ("garbage", {"model": "x"}, {"joint_scale": {"scale": "x8"}}):  # malformed: "not recorded", no crash
+        assert engine.validation_gain({"validation_metrics": bad}, 8) is None
 
 
 @pytest.mark.skipif(not registry.get_model("csakd-s").available, reason="no csakd-s weights installed")

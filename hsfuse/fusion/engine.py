@@ -196,13 +196,13 @@ def validation_gain(rec: dict[str, Any], scale: int) -> float | None:
     Every shipped network refines the same ``gsa`` estimate on the same held-out
     scenes, so the gain over it ranks weights trained under different protocols too.
     """
-    val = rec.get("validation_metrics") or {}
-    joint = val.get("joint_scale") or {}
-    if joint and int(joint.get("scale", 0)) == scale:
-        val = joint
-    try:
+    try:  # a hand-edited or foreign record must not stop the choice: unreadable means "not recorded"
+        val = rec.get("validation_metrics") or {}
+        joint = val.get("joint_scale") or {}
+        if joint and int(joint.get("scale", 0)) == scale:
+            val = joint
         return float(val["model"]["mean"]["psnr"]) - float(val["gsa"]["mean"]["psnr"])
-    except (KeyError, TypeError, ValueError):
+    except (AttributeError, KeyError, TypeError, ValueError):
         return None
 
 
