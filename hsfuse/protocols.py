@@ -94,6 +94,9 @@ class Protocol:
     open_options: tuple[str, ...] = ()
     reference: str = ""
     notes: tuple[str, ...] = field(default=())
+    #: conv form: kernel side (None: ±3σ) and pad (None: centred on the block; 0-based tap at sample s·i)
+    kernel_size: int | None = None
+    pad: int | None = None
 
     def sigma(self, scale: int) -> float | None:
         if self.kernel != "gaussian":
@@ -102,6 +105,8 @@ class Protocol:
             return scale / 4.0
         if self.sigma_rule == "fwhm=s":
             return scale / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+        if self.sigma_rule.startswith("="):
+            return float(self.sigma_rule[1:])
         raise ValueError(self.sigma_rule)
 
     def resolve_scale(self, scale: int | None) -> int:
@@ -119,7 +124,8 @@ class Protocol:
             c, _, p = load_mhf_response(srf_path)
             return Psf(c, s, pad=0, border=self.border, name=f"{self.name}: C from {p.name} (block {s}×{s})")
         sig = self.sigma(s)
-        psf = make_psf("gaussian", s, sigma=sig, form=self.form, border=border or self.border)
+        psf = make_psf("gaussian", s, sigma=sig, form=self.form, border=border or self.border,
+                       size=self.kernel_size, pad=self.pad)
         psf.name = f"{self.name}: " + psf.name
         return psf
 
@@ -171,6 +177,15 @@ _register(Protocol(
     border="reflect", open_options=("scale", "srf", "srf_file", "snr_hsi", "snr_msi", "seed", "border"),
     reference="L. Wald, T. Ranchin, M. Mangolini, 'Fusion of satellite images of different spatial resolutions: "
               "assessing the quality of resulting images', PE&RS 63(6), 1997 (consistency/synthesis protocol)."))
+_register(Protocol(
+    "dian-gauss-x8", "CAVE ×8 as in the Dian-group papers: fspecial('gaussian', 7, 3) convolved with symmetric "
+    "borders, LR = blurred[0::8, 0::8] (the kernel centred on the first pixel of each block); MSI = HR·R; no noise",
+    form="conv", kernel="gaussian", scale=8, sigma_rule="=3", srf="mhf-R", input_scaling="uint16",
+    border="reflect", kernel_size=7, pad=3, open_options=("srf_file",),
+    reference=("R. Dian, S. Li et al. (e.g. CNN-FUS, ZSL, SRLF-Net CVPR 2025 tables): "
+               "scipy.signal.convolve2d(Z, fspecial('gaussian', 7, 3), boundary='symm', mode='same')[0::8, 0::8]; "
+               "R: the Nikon D700 response as in MHF-Net's response_coefficient.mat (hsfuse choice where a paper "
+               "does not ship its R).")))
 
 
 def get_protocol(name: str) -> Protocol:

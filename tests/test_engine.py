@@ -8,7 +8,7 @@ import torch
 
 from conftest import smooth_cube
 from hsfuse.cube import CubeMeta
-from hsfuse.degrade import Psf
+from hsfuse.degrade import Psf, gaussian_kernel
 from hsfuse.errors import InputError, ModelError, UsageError
 from hsfuse.fusion import engine
 from hsfuse.fusion.base import Fuser
@@ -119,7 +119,7 @@ def test_output_meta_takes_grid_from_msi_and_spectra_from_lr():
     wl = np.linspace(400, 700, 6)
     lr = ArraySource(np.zeros((6, 8, 8), np.float32), CubeMeta(wavelengths=wl, georef=GeoRef("LR", (40, 0, 0, 0, -40, 0))))
     msi = ArraySource(np.zeros((3, 32, 32), np.float32), CubeMeta(georef=GeoRef("MSI", (10, 0, 5, 0, -10, 7))))
-    plan = engine.make_plan(lr, msi, FuseConfig(model="bicubic"))
+    plan = engine.make_plan(lr, msi, FuseConfig(model="bicubic", estimate="off"))  # zeros: nothing to estimate
     meta = engine.output_meta(lr, msi, plan)
     assert meta.georef.crs_wkt == "MSI" and meta.georef.transform == (10, 0, 5, 0, -10, 7)
     np.testing.assert_array_equal(meta.wavelengths, wl)
@@ -128,7 +128,7 @@ def test_output_meta_takes_grid_from_msi_and_spectra_from_lr():
 def test_dry_run_plan_reports_tiles_and_choice():
     lr = ArraySource(np.zeros((31, 64, 64), np.float32))
     msi = ArraySource(np.zeros((3, 512, 512), np.float32))
-    plan = engine.make_plan(lr, msi, FuseConfig(tile=256)).to_dict()
+    plan = engine.make_plan(lr, msi, FuseConfig(tile=256, estimate="off")).to_dict()
     assert plan["scale"] == 8 and plan["tiles"] == 4 and plan["tile_hr"] == 256
     assert plan["model"] in registry.REGISTRY and plan["model_reason"]
 
@@ -178,6 +178,10 @@ def test_streamed_fuse_stays_under_a_memory_budget(tmp_path):
     assert np.isfinite(corner).all()
 
 
+#: the cave-gauss-x8 PSF (what the shipped x8 weights were trained under), buildable without ../shared
+TRAIN_PSF = Psf.block(gaussian_kernel(8, 2.0))
+
+
 def _cave_like_pair():
     wl = np.arange(400.0, 701.0, 10.0)
     lr = ArraySource(np.random.default_rng(0).random((31, 8, 8), dtype=np.float32), CubeMeta(wavelengths=wl))
@@ -190,15 +194,16 @@ def test_default_model_is_classical_unless_the_srf_is_the_training_one():
     from hsfuse.srf import load_srf
 
     lr, msi, wl = _cave_like_pair()
-    plan = engine.make_plan(lr, msi, FuseConfig())
+    # random pixels: nothing to estimate from, so the estimate is off and the PSF given
+    plan = engine.make_plan(lr, msi, FuseConfig(psf=TRAIN_PSF, estimate="off"))
     assert plan.model.name == "gsa" and "SRF is unknown" in plan.model_reason
     other = load_srf("sigma-sdmerrill", wl, 31).matrix  # Foveon RGB: farther than any shipped tolerance
-    plan = engine.make_plan(lr, msi, FuseConfig(srf=other))
+    plan = engine.make_plan(lr, msi, FuseConfig(srf=other, psf=TRAIN_PSF))
     assert plan.model.name == "gsa" and "differs from the training SRF" in plan.model_reason
-    assert engine.make_plan(lr, msi, FuseConfig(model="csakd-s", srf=other)).model.name == "csakd-s"  # asked for: allowed
+    assert engine.make_plan(lr, msi, FuseConfig(model="csakd-s", srf=other, psf=TRAIN_PSF)).model.name == "csakd-s"
     any_rgb = registry.weights_dir() / "csakd-s-cave-gauss-x8-anyrgb.json"
     if any_rgb.exists():  # the SRF-augmented weights take a nearby camera (Nikon 5100, within 40 nm)
-        plan = engine.make_plan(lr, msi, FuseConfig(srf=load_srf("nikon-5100", wl, 31).matrix))
+        plan = engine.make_plan(lr, msi, FuseConfig(srf=load_srf("nikon-5100", wl, 31).matrix, psf=TRAIN_PSF))
         assert plan.model.name == "csakd-s" and plan.weights.name == "csakd-s-cave-gauss-x8-anyrgb.safetensors"
 
 
@@ -246,7 +251,7 @@ def test_default_choice_follows_the_recorded_validation_gain(tmp_path, monkeypat
     from hsfuse.srf import load_srf
 
     lr, msi, wl = _cave_like_pair()
-    cfg = FuseConfig(srf=load_srf("nikon-5100", wl, 31).matrix)
+    cfg = FuseConfig(srf=load_srf("nikon-5100", wl, 31).matrix, psf=TRAIN_PSF)
     set_gain(stems["csakd-s"], 0.5)
     set_gain(stems["mftn"], 0.9)
     plan = engine.make_plan(lr, msi, cfg)
@@ -276,10 +281,10 @@ def test_record_srf_tolerance_widens_the_default_choice(tmp_path, monkeypatch):
     monkeypatch.setenv("HSFUSE_WEIGHTS", str(tmp_path))
     lr, msi, wl = _cave_like_pair()
     near = load_srf("nikon-5100", wl, 31).matrix  # band centroids within ~36 nm of the D700's
-    plan = engine.make_plan(lr, msi, FuseConfig(srf=near))
+    plan = engine.make_plan(lr, msi, FuseConfig(srf=near, psf=TRAIN_PSF))
     assert plan.model.name == "csakd-s" and "within 40 nm" in plan.model_reason
     far = load_srf("sigma-sdmerrill", wl, 31).matrix  # Foveon: blue centroid ~60 nm off
-    plan = engine.make_plan(lr, msi, FuseConfig(srf=far))
+    plan = engine.make_plan(lr, msi, FuseConfig(srf=far, psf=TRAIN_PSF))
     assert plan.model.name == "gsa" and "differs from the training SRF" in plan.model_reason
 
 
@@ -291,7 +296,9 @@ def test_given_weights_option_is_used_not_the_installed_ones(tmp_path):
     stem = "csakd-s-cave-gauss-x8"
     for ext in (".json", ".safetensors"):
         shutil.copy(registry.weights_dir() / f"{stem}{ext}", tmp_path / f"mine{ext}")
-    plan = engine.make_plan(lr, msi, FuseConfig(model="csakd-s", options={"weights": str(tmp_path / "mine")}))
+    plan = engine.make_plan(lr, msi, FuseConfig(model="csakd-s", options={"weights": str(tmp_path / "mine")},
+                                                estimate="off"))
     assert plan.weights == tmp_path / "mine" and "-O weights=" in plan.model_reason
     with pytest.raises(ModelError, match="weights record not found"):
-        engine.make_plan(lr, msi, FuseConfig(model="csakd-s", options={"weights": str(tmp_path / "nothing")}))
+        engine.make_plan(lr, msi, FuseConfig(model="csakd-s", options={"weights": str(tmp_path / "nothing")},
+                                             estimate="off"))

@@ -285,8 +285,8 @@ def test_mulsr_at_its_small_scale_tiles_exactly_on_any_tile_grid(tmp_path):
     rng = np.random.default_rng(0)
     lr, msi = rng.random((5, 30, 34), dtype=np.float32), rng.random((3, 60, 68), dtype=np.float32)
     opts = {"weights": str(stem)}
-    whole = fuse_arrays(lr, msi, FuseConfig(model="mulsr", tile=4096, overlap=0, options=opts))
-    tiled = fuse_arrays(lr, msi, FuseConfig(model="mulsr", tile=22, overlap=0, options=opts))  # 11-LR-pixel tiles
+    whole = fuse_arrays(lr, msi, FuseConfig(model="mulsr", tile=4096, overlap=0, options=opts, estimate="off"))
+    tiled = fuse_arrays(lr, msi, FuseConfig(model="mulsr", tile=22, overlap=0, options=opts, estimate="off"))  # 11-LR-pixel tiles
     assert whole.shape == (5, 60, 68)
     np.testing.assert_allclose(tiled, whole, atol=1e-5)
     f = NetworkFuser(FusionProblem(2, 5, 3, options=opts))
@@ -309,8 +309,8 @@ def test_tta_is_the_mean_of_transformed_passes_and_tiles_exactly(tmp_path):
     stem = _mulsr_x2_x4_weights(tmp_path)
     rng = np.random.default_rng(3)
     lr, msi = rng.random((5, 12, 14), dtype=np.float32), rng.random((3, 24, 28), dtype=np.float32)
-    one = fuse_arrays(lr, msi, FuseConfig(model="mulsr", tile=4096, options={"weights": str(stem)}))
-    ens = fuse_arrays(lr, msi, FuseConfig(model="mulsr", tile=4096, options={"weights": str(stem), "tta": 8}))
+    one = fuse_arrays(lr, msi, FuseConfig(model="mulsr", tile=4096, options={"weights": str(stem)}, estimate="off"))
+    ens = fuse_arrays(lr, msi, FuseConfig(model="mulsr", tile=4096, options={"weights": str(stem), "tta": 8}, estimate="off"))
     assert np.abs(ens - one).max() > 1e-4  # the passes differ: the mean is not the plain output
     # by hand: the plain output of each transformed scene, transformed back, averaged
     manual = np.zeros_like(one)
@@ -319,11 +319,12 @@ def test_tta_is_the_mean_of_transformed_passes_and_tiles_exactly(tmp_path):
         tl, tm = t(lr), t(msi)
         if k & 4:
             tl, tm = np.ascontiguousarray(tl.transpose(0, 2, 1)), np.ascontiguousarray(tm.transpose(0, 2, 1))
-        y = fuse_arrays(tl, tm, FuseConfig(model="mulsr", tile=4096, options={"weights": str(stem)}))
+        y = fuse_arrays(tl, tm, FuseConfig(model="mulsr", tile=4096, options={"weights": str(stem)}, estimate="off"))
         y = y.transpose(0, 2, 1) if k & 4 else y
         manual += t(y) / 8
     np.testing.assert_allclose(ens, manual, atol=1e-5)
-    tiled = fuse_arrays(lr, msi, FuseConfig(model="mulsr", tile=10, overlap=0, options={"weights": str(stem), "tta": 8}))
+    tiled = fuse_arrays(lr, msi, FuseConfig(model="mulsr", tile=10, overlap=0, options={"weights": str(stem), "tta": 8},
+                                                estimate="off"))
     np.testing.assert_allclose(tiled, ens, atol=1e-5)
     with pytest.raises(ModelError, match="tta"):
         NetworkFuser(FusionProblem(2, 5, 3, options={"weights": str(stem), "tta": 3}))
@@ -409,7 +410,7 @@ def test_lr_consistency_is_on_with_the_exact_psf_and_tiles_exactly(tmp_path):
     rng = np.random.default_rng(4)
     lr, msi = rng.uniform(0.1, 1, (5, 14, 12)).astype(np.float32), rng.uniform(0.1, 1, (3, 56, 48)).astype(np.float32)
     run = lambda tile, **o: fuse_arrays(lr, msi, FuseConfig(model="mulsr", psf=psf, tile=tile, overlap=0,  # noqa: E731
-                                                              options={"weights": str(stem), **o}))
+                                                              options={"weights": str(stem), **o}, estimate="off"))
     auto, on, off = run(4096), run(4096, lr_consistency="on"), run(4096, lr_consistency="off")
     np.testing.assert_array_equal(auto, on)  # a Psf object is the exact forward model: on by default
     err = lambda y: np.abs(spatial_degrade(y, psf) - lr).mean()  # noqa: E731
@@ -428,8 +429,10 @@ def test_the_engine_calls_a_given_psf_exact_and_an_assumed_one_not():
     from hsfuse.io.memory import ArraySource
 
     lr, msi = ArraySource(np.ones((31, 4, 4), np.float32)), ArraySource(np.ones((3, 32, 32), np.float32))
-    for cfg, exact in ((FuseConfig(model="gsa"), False), (FuseConfig(model="gsa", psf="gaussian"), False),
-                       (FuseConfig(model="gsa", psf=Psf.gaussian(8)), True)):
+    # constant images: nothing to estimate, so the estimate is off (an estimated preset is exact: test_forward.py)
+    for cfg, exact in ((FuseConfig(model="gsa", estimate="off"), False),
+                       (FuseConfig(model="gsa", psf="gaussian", estimate="off"), False),
+                       (FuseConfig(model="gsa", psf=Psf.gaussian(8), estimate="off"), True)):
         plan = make_plan(lr, msi, cfg)
         assert build_fuser(plan, cfg, lr, msi).problem.psf_exact is exact, plan.psf_source
 
@@ -444,7 +447,8 @@ def test_cli_reports_lr_consistency_and_rejects_a_bad_value(tmp_path):
     rng = np.random.default_rng(5)
     tifffile.imwrite(tmp_path / "lr.tif", rng.uniform(0.1, 1, (5, 8, 8)).astype(np.float32))
     tifffile.imwrite(tmp_path / "msi.tif", rng.uniform(0.1, 1, (3, 32, 32)).astype(np.float32), photometric="minisblack")
-    args = ["fuse", str(tmp_path / "lr.tif"), str(tmp_path / "msi.tif"), "--model", "mulsr", "-O", f"weights={stem}"]
+    args = ["fuse", str(tmp_path / "lr.tif"), str(tmp_path / "msi.tif"), "--model", "mulsr", "-O", f"weights={stem}",
+            "--estimate", "off"]  # random pixels: nothing to estimate
     runner = CliRunner()
     assumed = runner.invoke(app, args + ["-o", str(tmp_path / "a.tif"), "--json"])  # no PSF given: assumed, off
     assert assumed.exit_code == 0, assumed.output

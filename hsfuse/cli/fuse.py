@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from ..errors import HsfuseError, InputError, UsageError
+from ..errors import HsfuseError, InputError, OutputError, UsageError
 from .common import emit_json, err, guard, show_progress
 
 
@@ -102,7 +103,12 @@ def fuse(
     psf: Optional[str] = typer.Option(None, "--psf", help="PSF: gaussian, box, or a kernel file (.npy, .csv, .mat:VAR)."),
     sigma: Optional[float] = typer.Option(None, "--sigma", help="Gaussian PSF sigma in HR pixels (default FWHM = scale)."),
     psf_form: str = typer.Option("conv", "--form", help="PSF sampling form: block | conv."),
-    srf: Optional[str] = typer.Option(None, "--srf", help="MSI spectral response (built-in name or file); estimated if needed and absent."),
+    srf: Optional[str] = typer.Option(None, "--srf", help="MSI spectral response (built-in name or file); estimated from the pair when absent."),
+    estimate: str = typer.Option("auto", "--estimate", help="What is not given of PSF/SRF: auto (estimate per pair), "
+                                 "once (estimate on the first pair, reuse for the batch), off (assume a Gaussian PSF, FWHM = scale)."),
+    save_estimate: Optional[Path] = typer.Option(None, "--save-estimate", help="Write the estimated PSF/SRF as JSON "
+                                                 "(reusable as --psf FILE --srf FILE)."),
+    force: bool = typer.Option(False, "--force", help="Fuse even when the estimate says the MSI does not match the LR."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16 (GPU only)."),
     tile: int = typer.Option(512, "--tile", help="Tile side in output (HR) pixels; memory scales with it."),
@@ -127,18 +133,29 @@ def fuse(
 
     $ hsfuse fuse lr.tif rgb.tif -o out.tif --model cnmf --srf nikon-d700 --json
 
-    $ hsfuse fuse --pairs pairs.csv --out-dir fused/ --keep-going
+    $ hsfuse fuse --pairs pairs.csv --out-dir fused/ --keep-going --estimate once
+
+    Without --psf/--srf/--protocol the PSF (width, sampling phase, shift) and the SRF are estimated
+    from the pair itself and reported on one line; a pair that follows a named preset is fused as if
+    --protocol had been given (docs/fusion.md).
     """
     with guard():
         from ..fusion.engine import FuseConfig, fuse_files, make_plan
         from ..io import check_writable, open_cube
 
+        mode = estimate.strip().lower()
+        if mode not in ("auto", "once", "off"):
+            raise UsageError(f"--estimate must be auto, once or off, got '{estimate}'")
+        if save_estimate is not None and save_estimate.exists() and not overwrite:
+            raise OutputError("exists (use --overwrite)", save_estimate)
         jobs = _pairs_from(list(inputs or []), pairs, out_dir, output, out_format)
+        if save_estimate is not None and len(jobs) > 1 and mode != "once":
+            raise UsageError("--save-estimate with several pairs needs --estimate once (one estimate for the batch)")
         if out_dir is not None and not dry_run:
             out_dir.mkdir(parents=True, exist_ok=True)
         cfg = FuseConfig(model=model, tile=tile, overlap=overlap, device=device, precision=precision,
                          psf=psf, sigma=sigma, psf_form=psf_form, srf=srf, protocol=protocol,
-                         options=_parse_options(option))
+                         options=_parse_options(option), estimate="off" if mode == "off" else "auto", force=force)
         lr_opts = {"var": lr_var} if lr_var else {}
         msi_opts = {"var": msi_var} if msi_var else {}
 
@@ -147,11 +164,15 @@ def fuse(
                 err.print(msg, soft_wrap=True, markup=False)
 
         results, failed = [], 0
+        saved = False
         for lr_path, msi_path, out_path in jobs:
             try:
                 if dry_run:
                     with open_cube(lr_path, **lr_opts) as lr, open_cube(msi_path, **msi_opts) as msi:
-                        plan = make_plan(lr, msi, cfg).to_dict()
+                        plan_obj = make_plan(lr, msi, cfg, say)
+                        plan = plan_obj.to_dict()
+                    if mode == "once" and plan_obj.forward.estimate is not None:
+                        cfg = dataclasses.replace(cfg, estimate=plan_obj.forward.estimate)
                     fmt = check_writable(out_path, out_format, overwrite)
                     results.append({"lr": str(lr_path), "msi": str(msi_path), "output": str(out_path),
                                     "output_format": fmt, "plan": plan, "status": "planned"})
@@ -162,6 +183,12 @@ def fuse(
                 with bar:
                     res = fuse_files(lr_path, msi_path, out_path, cfg, overwrite=overwrite, out_format=out_format,
                                      lr_opts=lr_opts, msi_opts=msi_opts, progress=callback, notify=say)
+                est = res.forward.estimate if res.forward is not None else None
+                if mode == "once" and est is not None:
+                    cfg = dataclasses.replace(cfg, estimate=est)  # the next pairs reuse it
+                if save_estimate is not None and est is not None and not saved:
+                    _save_estimate(save_estimate, est, lr_path, msi_path, overwrite)
+                    saved = True
                 say(f"{out_path}: {res.plan['model']} ({res.plan['model_reason']}), x{res.plan['scale']}, "
                     f"{res.plan['tiles']} tile(s) on {res.plan['device']}, {res.seconds:.2f} s "
                     f"({res.megapixels_per_second:.3g} MP/s)"
@@ -185,6 +212,26 @@ def fuse(
             if not quiet:
                 err.print(f"hsfuse: {failed} of {len(jobs)} pair(s) failed", markup=False)
             raise typer.Exit(1)
+
+
+def _save_estimate(path: Path, est, lr_path: Path, msi_path: Path, overwrite: bool) -> None:
+    """The estimate as the JSON `hsfuse estimate -o` writes (``--psf F --srf F`` read it back), atomically."""
+    import os
+    import tempfile
+
+    from ..blind import save_estimate as write_json
+
+    if path.exists() and not overwrite:
+        raise OutputError("exists (use --overwrite)", path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".hsfuse-tmp", dir=path.parent if str(path.parent) else ".")
+    os.close(fd)
+    try:
+        write_json(tmp, est.to_blind(), extra={"inputs": {"lr": str(lr_path), "msi": str(msi_path)},
+                                               "estimate": est.describe()})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _print_plan(lr: Path, msi: Path, out: Path, plan: dict) -> None:

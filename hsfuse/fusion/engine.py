@@ -50,6 +50,10 @@ class FuseConfig:
     srf: np.ndarray | str | None = None  # (msi_bands, lr_bands) matrix, or a spec for srf.load_srf
     protocol: str | None = None  # a degradation preset giving both PSF and SRF (overridden by psf/srf)
     options: dict[str, Any] = field(default_factory=dict)
+    #: what is not given of PSF/SRF: "auto" estimates it from the pair, "off" assumes (old behaviour);
+    #: a hsfuse.forward.PairEstimate is reused as it is (batches of one sensor pair)
+    estimate: Any = "auto"
+    force: bool = False  # fuse even when the estimate says the MSI does not match the LR
 
 
 @dataclass
@@ -71,6 +75,7 @@ class FusePlan:
     psf_source: str
     srf: np.ndarray | None
     srf_source: str
+    forward: Any = None  # hsfuse.forward.ForwardModel: the one resolved forward model
 
     @property
     def n_tiles(self) -> int:
@@ -87,6 +92,7 @@ class FusePlan:
             "psf": {"name": self.psf.name, "size": self.psf.size, "pad": self.psf.pad, "border": self.psf.border,
                     "source": self.psf_source},
             "srf": {"source": self.srf_source, "shape": None if self.srf is None else list(self.srf.shape)},
+            "forward_model": None if self.forward is None else self.forward.describe(),
         }
 
 
@@ -206,10 +212,40 @@ def validation_gain(rec: dict[str, Any], scale: int) -> float | None:
         return None
 
 
+def _psf_mismatch(rec: dict[str, Any], psf: Psf | None, protocol: str | None, tol: float = 0.15) -> str | None:
+    """None if the pair's PSF is the one the weights were trained under, else why not.
+
+    A network learns the inverse of one blur and sampling phase: on another it injects detail at the
+    wrong places, which the per-scene regression of ``gsa`` does not (measured: issue 19, docs/fusion.md).
+    """
+    trained = str(rec.get("protocol") or "")
+    if protocol is not None and protocol.lower() == trained.lower():
+        return None
+    if psf is None or not trained:
+        return None if psf is None else "its training PSF is not recorded"
+    from ..forward import psf_distance
+    from ..protocols import get_protocol
+
+    try:
+        ref = get_protocol(trained).build_psf(psf.scale if get_protocol(trained).scale is None else None)
+    except HsfuseError:
+        return f"its training PSF ({trained}) cannot be built here to compare"
+    if ref.scale != psf.scale:
+        ref_scales = [int(s) for s in rec.get("scales", [])]
+        try:
+            ref = ref.rescaled(psf.scale) if psf.scale in ref_scales else ref
+        except ValueError:
+            pass
+    d = psf_distance(psf, ref)
+    if d <= tol:
+        return None
+    return f"the PSF differs from its training PSF ({trained}; kernel distance {d:.0%})"
+
+
 def choose_model(lr: CubeSource, msi: CubeSource, scale: int, srf: np.ndarray | None = None,
-                 protocol: str | None = None) -> tuple[ModelEntry, Path | None, str]:
+                 protocol: str | None = None, psf: Psf | None = None) -> tuple[ModelEntry, Path | None, str]:
     """The pretrained weights with the largest recorded validation gain over ``gsa`` among those that fit
-    the bands, wavelengths, scale and SRF; detail injection ``gsa`` when none fits."""
+    the bands, wavelengths, scale, PSF and SRF; detail injection ``gsa`` when none fits."""
     from ..weights import read_record
 
     reasons, fits = [], []
@@ -217,7 +253,7 @@ def choose_model(lr: CubeSource, msi: CubeSource, scale: int, srf: np.ndarray | 
         if entry.kind == "supervised" and entry.available:
             for path in fitting_weights(entry, lr, msi, scale)[0]:  # e.g. an exact-camera model, then an any-RGB one
                 rec = read_record(path)
-                mismatch = _srf_mismatch(rec, srf, protocol, lr.meta.wavelengths)
+                mismatch = _psf_mismatch(rec, psf, protocol) or _srf_mismatch(rec, srf, protocol, lr.meta.wavelengths)
                 if mismatch is None:
                     fits.append((validation_gain(rec, scale), entry, path, float(rec.get("srf_tolerance_nm", 10.0))))
                 else:
@@ -235,62 +271,23 @@ def choose_model(lr: CubeSource, msi: CubeSource, scale: int, srf: np.ndarray | 
     return get_model("gsa"), None, f"no pretrained model fits these inputs{tail}; using classical detail injection 'gsa'"
 
 
-def _is_json_spec(spec: str) -> bool:
-    """An estimate written by `hsfuse estimate`: FILE.json, or FILE.json:gaussian / FILE.json:kernel."""
-    return spec.lower().endswith(".json") or ".json:" in spec.lower()
-
-
 def resolve_psf_srf(cfg: FuseConfig, scale: int, lr: CubeSource, msi: CubeSource):
-    """(psf, psf_source, srf, srf_source) from --protocol, --psf/--sigma/--form and --srf."""
-    psf = srf = None
-    psf_source, srf_source = "", "not given"
-    if cfg.protocol:
-        from ..protocols import get_protocol
+    """(psf, psf_source, srf, srf_source): kept for callers of the old API; see hsfuse.forward."""
+    from ..forward import resolve_forward_model
 
-        proto = get_protocol(cfg.protocol)
-        if proto.scale is not None and proto.scale != scale:
-            raise InputError(f"protocol '{cfg.protocol}' is for x{proto.scale} but the inputs are x{scale}", msi.path)
-        psf, srf = proto.build(scale=scale)
-        psf_source = f"protocol {cfg.protocol}"
-        if srf is not None:
-            srf_source = f"protocol {cfg.protocol}"
-    if isinstance(cfg.psf, Psf):
-        psf, psf_source = cfg.psf, "given"
-    elif isinstance(cfg.psf, str) and _is_json_spec(cfg.psf):
-        from ..blind import psf_from_json  # written by `hsfuse estimate`
-
-        psf, psf_source = psf_from_json(cfg.psf, scale), f"--psf {cfg.psf}"
-    elif isinstance(cfg.psf, str):
-        from ..degrade import make_psf
-
-        psf, psf_source = make_psf(cfg.psf, scale, sigma=cfg.sigma, form=cfg.psf_form), f"--psf {cfg.psf}"
-    if psf is None:
-        psf, psf_source = Psf.gaussian(scale), "assumed: Gaussian with FWHM = scale (give --psf or --protocol if known)"
-    if psf.scale != scale:
-        raise UsageError(f"the PSF is for scale {psf.scale} but the inputs are x{scale}")
-    if isinstance(cfg.srf, str) and _is_json_spec(cfg.srf):
-        from ..blind import srf_from_json
-
-        srf, srf_source = srf_from_json(cfg.srf), f"--srf {cfg.srf} (estimated, gain applied)"
-    elif isinstance(cfg.srf, str):
-        from ..srf import load_srf
-
-        srf, srf_source = load_srf(cfg.srf, lr.meta.wavelengths, lr.bands).matrix, f"--srf {cfg.srf}"
-    elif cfg.srf is not None:
-        srf, srf_source = cfg.srf, "given"
-    if srf is not None:
-        srf = np.asarray(srf, dtype=np.float64)
-        if srf.shape != (msi.bands, lr.bands):
-            raise InputError(f"SRF has shape {srf.shape}, expected (MSI bands, LR bands) = ({msi.bands}, {lr.bands})", msi.path)
-    return psf, psf_source, srf, srf_source
+    fm = resolve_forward_model(cfg, scale, lr, msi)
+    return fm.psf, fm.psf_source, fm.srf, fm.srf_source
 
 
-def make_plan(lr: CubeSource, msi: CubeSource, cfg: FuseConfig) -> FusePlan:
+def make_plan(lr: CubeSource, msi: CubeSource, cfg: FuseConfig, notify: Callable[[str], None] | None = None) -> FusePlan:
+    from ..forward import resolve_forward_model
+
     named = get_model(cfg.model) if cfg.model is not None else None  # a typo is a usage error, found first
     scale = infer_scale(lr, msi)
-    psf, psf_source, srf, srf_source = resolve_psf_srf(cfg, scale, lr, msi)
+    fm = resolve_forward_model(cfg, scale, lr, msi, notify=notify)
+    psf, psf_source, srf, srf_source = fm.psf, fm.psf_source, fm.srf, fm.srf_source
     if named is None:
-        entry, weights, reason = choose_model(lr, msi, scale, srf, cfg.protocol)
+        entry, weights, reason = choose_model(lr, msi, scale, srf, fm.protocol, psf)
     else:
         entry = named
         weights, reason = None, "chosen with --model"
@@ -329,7 +326,7 @@ def make_plan(lr: CubeSource, msi: CubeSource, cfg: FuseConfig) -> FusePlan:
         model=entry, model_reason=reason, weights=weights, device=device,
         precision=precision if device != "cpu" else "fp32",
         tile_lr=tile_lr, half_overlap_lr=half, row_spans=rows, col_spans=cols,
-        psf=psf, psf_source=psf_source, srf=srf, srf_source=srf_source,
+        psf=psf, psf_source=psf_source, srf=srf, srf_source=srf_source, forward=fm,
     )
 
 
@@ -343,7 +340,8 @@ def output_meta(lr: CubeSource, msi: CubeSource, plan: FusePlan) -> CubeMeta:
         nodata=float("nan"),
         georef=None if msi.meta.georef is None else GeoRef(msi.meta.georef.crs_wkt, msi.meta.georef.transform),
         bad_bands=None if m.bad_bands is None else np.array(m.bad_bands),
-        description=f"hsfuse {plan.model.name} x{plan.scale} fusion of {lr.path.name} and {msi.path.name}",
+        description=(f"hsfuse {plan.model.name} x{plan.scale} fusion of {lr.path.name} and {msi.path.name}; "
+                     f"PSF {plan.psf_source}; SRF {plan.srf_source}"),
         source={"interleave": m.source.get("interleave", "bsq")} if m.source.get("format") == "envi" else {},
     )
 
@@ -406,7 +404,7 @@ def build_fuser(plan: FusePlan, cfg: FuseConfig, lr: CubeSource, msi: CubeSource
         options["weights"] = plan.weights
     problem = FusionProblem(
         scale=plan.scale, lr_bands=lr.bands, msi_bands=msi.bands, psf=plan.psf, srf=plan.srf,
-        psf_exact=plan.psf_source.startswith("protocol") or plan.psf_source == "given",
+        psf_exact=bool(plan.forward.exact) if plan.forward is not None else False,
         lr_wavelengths=lr.meta.wavelengths, msi_wavelengths=msi.meta.wavelengths, options=options,
     )
     try:
@@ -488,7 +486,7 @@ def _is_cuda_oom(e: BaseException) -> bool:
 def run(lr: CubeSource, msi: CubeSource, cfg: FuseConfig, sink_factory: Callable[[FusePlan], Any],
         progress: Progress | None = None, notify: Callable[[str], None] | None = None) -> tuple[FusePlan, Fuser, Any]:
     """Plan, fit and stream; on CUDA out-of-memory, halve the tile and start again."""
-    plan = make_plan(lr, msi, cfg)
+    plan = make_plan(lr, msi, cfg, notify)
     while True:
         fuser = build_fuser(plan, cfg, lr, msi)
         if progress is not None and hasattr(fuser, "progress"):
@@ -504,7 +502,8 @@ def run(lr: CubeSource, msi: CubeSource, cfg: FuseConfig, sink_factory: Callable
                 import torch
 
                 torch.cuda.empty_cache()
-                cfg = FuseConfig(**{**cfg.__dict__, "tile": (plan.tile_lr // 2) * plan.scale})
+                cfg = FuseConfig(**{**cfg.__dict__, "tile": (plan.tile_lr // 2) * plan.scale,
+                                    "estimate": plan.forward.estimate or cfg.estimate})
                 if notify:
                     notify(f"GPU out of memory with {plan.tile_lr * plan.scale}-pixel tiles; retrying with {cfg.tile}")
                 plan = make_plan(lr, msi, cfg)
@@ -528,6 +527,7 @@ class FuseResult:
     seconds: float
     megapixels_per_second: float
     model_info: dict[str, Any]
+    forward: Any = None  # the hsfuse.forward.ForwardModel used (with its estimate, if any)
 
 
 def fuse_files(lr_path: str | Path, msi_path: str | Path, out_path: str | Path, cfg: FuseConfig | None = None, *,
@@ -548,4 +548,5 @@ def fuse_files(lr_path: str | Path, msi_path: str | Path, out_path: str | Path, 
         plan, fuser, _ = run(lr, msi, cfg, sink_factory, progress, notify)
     dt = time.perf_counter() - t0
     mp = plan.out_shape[1] * plan.out_shape[2] / 1e6
-    return FuseResult(str(out_path), plan.to_dict(), dt, mp / dt if dt > 0 else float("inf"), fuser.describe())
+    return FuseResult(str(out_path), plan.to_dict(), dt, mp / dt if dt > 0 else float("inf"), fuser.describe(),
+                      plan.forward)

@@ -1,0 +1,218 @@
+"""The forward model estimated from the pair: recovery, preset recognition, the engine's use of it, bad pairs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from hsfuse.cli import app
+from hsfuse.cube import CubeMeta
+from hsfuse.degrade import Psf, gaussian_kernel, spatial_degrade
+from hsfuse.demo import WAVELENGTHS, synthetic_scene
+from hsfuse.errors import InputError
+from hsfuse.forward import RESIDUAL_FAIL, estimate_pair, psf_distance
+from hsfuse.fusion.engine import FuseConfig, fuse_arrays, make_plan
+from hsfuse.io import write_cube
+from hsfuse.io.memory import ArraySource
+from hsfuse.protocols import get_protocol
+from hsfuse.srf import load_srf
+
+runner = CliRunner()
+
+
+def _psnr(ref: np.ndarray, x: np.ndarray) -> float:
+    mse = ((ref.astype(np.float64) - x) ** 2).reshape(ref.shape[0], -1).mean(1)
+    return float(np.mean(10 * np.log10(1.0 / np.maximum(mse, 1e-20))))
+
+
+@pytest.fixture(scope="module")
+def scene() -> np.ndarray:
+    return synthetic_scene(128, seed=3)
+
+
+@pytest.fixture(scope="module")
+def rgb() -> np.ndarray:
+    return load_srf("nikon-5100", WAVELENGTHS, len(WAVELENGTHS)).matrix
+
+
+def _pair(z, psf, srf):
+    return spatial_degrade(z, psf).astype(np.float32), np.einsum("mc,chw->mhw", srf, z).astype(np.float32)
+
+
+def test_recovers_gaussian_width_phase_and_srf(scene, rgb):
+    # conv Gaussian σ = 1.7 whose LR samples sit 1.5 HR px off the block centre (a sampling phase)
+    k = 15
+    psf = Psf(gaussian_kernel(k, 1.7), 4, pad=(k - 4) // 2 + 1)  # the kernel starts one pixel later: offset -1.5+...
+    true_offset = (k - 4) / 2.0 - psf.pad  # hsfuse.degrade.lr_phase_offset
+    srf = rgb * np.array([1.0, 0.8, 1.3])[:, None]  # a gain per band, as between real sensors
+    lr, msi = _pair(scene, psf, srf)
+    est = estimate_pair(lr, msi, 4, presets=False)
+    assert est.psf_kind in ("gaussian", "free kernel")
+    assert est.sigma == pytest.approx(1.7, rel=0.05)
+    assert est.centre_offset[0] == pytest.approx(true_offset, abs=0.2)
+    assert est.centre_offset[1] == pytest.approx(true_offset, abs=0.2)
+    # a scene of ten materials does not pin every SRF weight, only what the SRF does to its spectra
+    pred, true = np.einsum("mc,chw->mhw", est.srf, scene), np.einsum("mc,chw->mhw", srf, scene)
+    assert np.linalg.norm(pred - true) < 0.01 * np.linalg.norm(true)
+    assert est.gain == pytest.approx(srf.sum(1), rel=0.05)
+    assert est.residual < 0.01 and est.status == "good"
+    assert psf_distance(est.psf, psf) < 0.1
+
+
+def test_a_preset_is_recognised_and_taken_as_exact(scene, rgb):
+    psf = get_protocol("wald-gauss").build_psf(4)
+    lr, msi = _pair(scene, psf, rgb)
+    est = estimate_pair(lr, msi, 4)
+    assert est.preset == "wald-gauss" and est.psf_kind == "preset wald-gauss"
+    plan = make_plan(ArraySource(lr, CubeMeta(wavelengths=WAVELENGTHS)), ArraySource(msi), FuseConfig(model="gsa"))
+    assert plan.forward.exact and psf_distance(plan.psf, psf) == 0.0
+    assert plan.forward.protocol is None  # wald-gauss names no SRF: the estimated one is used
+
+
+def test_no_flag_fusion_matches_the_truth(scene, rgb):
+    """gsa with the estimated forward model is within 0.3 dB of gsa told the truth (a shifted conv PSF)."""
+    psf = Psf(gaussian_kernel(13, 2.2), 8, pad=6)  # LR samples centred on the first pixel of each block
+    lr, msi = _pair(np.concatenate([scene, scene[:, ::-1]], 2)[:, :, :128], psf, rgb)
+    z = np.concatenate([scene, scene[:, ::-1]], 2)[:, :, :128]
+    told = fuse_arrays(lr, msi, FuseConfig(model="gsa", psf=psf, srf=rgb))
+    blind = fuse_arrays(lr, msi, FuseConfig(model="gsa"))
+    assumed = fuse_arrays(lr, msi, FuseConfig(model="gsa", estimate="off"))
+    assert _psnr(z, blind) > _psnr(z, told) - 0.3
+    assert _psnr(z, blind) > _psnr(z, assumed) + 1.0  # what estimating is for
+
+
+def test_given_psf_with_estimated_srf(scene, rgb):
+    psf = Psf.block(gaussian_kernel(4, 1.0))
+    lr, msi = _pair(scene, psf, rgb)
+    plan = make_plan(ArraySource(lr), ArraySource(msi), FuseConfig(model="gsa", psf=psf))
+    est = plan.forward.estimate
+    assert est.psf_kind == "given" and est.srf_kind == "estimated"
+    assert plan.psf is psf and "estimated" in plan.srf_source
+    pred, true = np.einsum("mc,chw->mhw", plan.srf, scene), np.einsum("mc,chw->mhw", rgb, scene)
+    assert np.linalg.norm(pred - true) < 0.01 * np.linalg.norm(true)
+    # and a given SRF with an estimated PSF
+    plan = make_plan(ArraySource(lr), ArraySource(msi), FuseConfig(model="gsa", srf=rgb))
+    assert plan.forward.estimate.srf_kind == "given" and plan.srf is not None
+    assert psf_distance(plan.psf, psf) < 0.15
+
+
+def test_bad_pairs_are_refused(scene, rgb):
+    psf = Psf.block(gaussian_kernel(4, 1.0))
+    lr, msi = _pair(scene, psf, rgb)
+    rng = np.random.default_rng(0)
+    noise = rng.random(msi.shape).astype(np.float32)
+    with pytest.raises(InputError, match="does not match"):
+        make_plan(ArraySource(lr), ArraySource(noise), FuseConfig(model="gsa"))
+    other = _pair(synthetic_scene(128, seed=11), psf, rgb)[1]  # another scene of the same kind
+    with pytest.raises(InputError, match="does not match"):
+        make_plan(ArraySource(lr), ArraySource(other), FuseConfig(model="gsa"))
+    with pytest.raises(InputError, match="constant"):
+        make_plan(ArraySource(lr), ArraySource(np.full_like(msi, 0.5)), FuseConfig(model="gsa"))
+    # --force fuses anyway, told what it does
+    plan = make_plan(ArraySource(lr), ArraySource(noise), FuseConfig(model="gsa", force=True))
+    assert plan.forward.estimate.residual > RESIDUAL_FAIL
+
+
+def _write_pair(tmp_path, scene, psf, srf, tag=""):
+    lr, msi = _pair(scene, psf, srf)
+    lp, mp = tmp_path / f"lr{tag}.hdr", tmp_path / f"msi{tag}.tif"
+    write_cube(lp, lr, CubeMeta(wavelengths=WAVELENGTHS))
+    write_cube(mp, msi, CubeMeta())
+    return lp, mp
+
+
+def test_cli_no_flags_reports_saves_and_reuses_the_estimate(tmp_path, scene, rgb):
+    psf = Psf(gaussian_kernel(11, 1.6), 4, pad=4)
+    lp, mp = _write_pair(tmp_path, scene, psf, rgb)
+    r = runner.invoke(app, ["fuse", str(lp), str(mp), "-o", str(tmp_path / "a.tif"), "--model", "gsa",
+                            "--save-estimate", str(tmp_path / "est.json"), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    fm = doc["plan"]["forward_model"]
+    assert fm["estimate"]["status"] == "good" and fm["estimate"]["sigma"] == pytest.approx(1.6, rel=0.06)
+    assert "estimated from the pair" in r.stderr
+    saved = json.loads((tmp_path / "est.json").read_text())
+    assert saved["kind"] == "hsfuse-blind-estimate" and saved["scale"] == 4
+    # the saved file is read back by --psf/--srf and gives the same output
+    r2 = runner.invoke(app, ["fuse", str(lp), str(mp), "-o", str(tmp_path / "b.tif"), "--model", "gsa",
+                             "--psf", str(tmp_path / "est.json"), "--srf", str(tmp_path / "est.json"), "-q"])
+    assert r2.exit_code == 0, r2.output
+    from hsfuse.io import read_cube
+
+    a, b = read_cube(tmp_path / "a.tif").data, read_cube(tmp_path / "b.tif").data
+    assert np.allclose(a, b, atol=1e-4)
+    # an existing --save-estimate file is not overwritten
+    r3 = runner.invoke(app, ["fuse", str(lp), str(mp), "-o", str(tmp_path / "c.tif"), "--save-estimate",
+                             str(tmp_path / "est.json")])
+    assert r3.exit_code == 1 and "exists" in r3.stderr
+
+
+def test_cli_batch_estimates_once_and_reuses(tmp_path, scene, rgb):
+    psf = Psf.block(gaussian_kernel(4, 1.0))
+    p1 = _write_pair(tmp_path, scene, psf, rgb, "1")
+    p2 = _write_pair(tmp_path, scene[:, ::-1].copy(), psf, rgb, "2")
+    r = runner.invoke(app, ["fuse", *map(str, p1), *map(str, p2), "--out-dir", str(tmp_path / "o"), "--model", "gsa",
+                            "--estimate", "once", "--json"])
+    assert r.exit_code == 0, r.output
+    pairs = json.loads(r.stdout)["pairs"]
+    e1, e2 = (p["plan"]["forward_model"]["estimate"] for p in pairs)
+    assert e1 == e2  # the second pair reused the first pair's estimate
+    r = runner.invoke(app, ["fuse", *map(str, p1), "-o", str(tmp_path / "x.tif"), "--estimate", "sometimes"])
+    assert r.exit_code == 2
+
+
+def test_cli_bad_pair_is_one_line_and_exit_1(tmp_path, scene, rgb):
+    psf = Psf.block(gaussian_kernel(4, 1.0))
+    lp, _ = _write_pair(tmp_path, scene, psf, rgb)
+    rng = np.random.default_rng(1)
+    mp = tmp_path / "random.tif"
+    write_cube(mp, rng.random((3, 128, 128)).astype(np.float32), CubeMeta())
+    r = runner.invoke(app, ["fuse", str(lp), str(mp), "-o", str(tmp_path / "out.tif")])
+    assert r.exit_code == 1
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith("hsfuse: error:") and "does not match" in lines[-1] and "random.tif" in lines[-1]
+    assert not (tmp_path / "out.tif").exists()
+
+
+def test_dian_preset_matches_the_published_code_path():
+    """dian-gauss-x8 against a plain scipy reimplementation of the papers' degradation."""
+    from scipy.signal import convolve2d
+
+    rng = np.random.default_rng(0)
+    z = rng.random((3, 64, 48))
+    x = np.arange(7) - 3
+    g = np.exp(-(x[:, None] ** 2 + x[None] ** 2) / (2 * 3.0 ** 2))
+    g /= g.sum()  # MATLAB fspecial('gaussian', 7, 3)
+    ref = np.stack([convolve2d(b, g, boundary="symm", mode="same")[0::8, 0::8] for b in z])
+    psf = get_protocol("dian-gauss-x8").build_psf()
+    assert np.abs(spatial_degrade(z, psf) - ref).max() < 1e-12
+
+
+def _mhf_available() -> bool:
+    try:
+        get_protocol("cave-gauss-x8").build()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@pytest.mark.skipif(not _mhf_available(), reason="MHF-Net response file (../shared) not available")
+def test_network_choice_follows_the_estimate():
+    """A pair that follows cave-gauss-x8 gets the network `--protocol cave-gauss-x8` would get; a pair with
+    another PSF (dian-gauss-x8) falls back to gsa and says why."""
+    z = np.concatenate([synthetic_scene(128, seed=s) for s in (1, 2)], 2)[:, :, :128]
+    for name in ("cave-gauss-x8", "dian-gauss-x8"):
+        psf, srf = get_protocol(name).build()
+        lr, msi = _pair(z, psf, srf)
+        src = lambda: (ArraySource(lr, CubeMeta(wavelengths=WAVELENGTHS)), ArraySource(msi))  # noqa: E731
+        blind = make_plan(*src(), FuseConfig())
+        named = make_plan(*src(), FuseConfig(protocol=name))
+        assert blind.forward.protocol == name and blind.forward.exact
+        assert blind.model.name == named.model.name and blind.weights == named.weights
+        if name == "dian-gauss-x8":
+            assert blind.model.name == "gsa" and "PSF differs" in blind.model_reason
+        elif named.model.name != "gsa":
+            assert blind.weights is not None
