@@ -138,7 +138,7 @@ def main() -> None:
             peak = 1.0
             told, t_gsa, _ = fuse(lr, msi, wl, FuseConfig(model="gsa", psf=psf, srf=srf))
             blind, _, plan = fuse(lr, msi, wl, FuseConfig(model="gsa"))
-            assumed, _, _ = fuse(lr, msi, wl, FuseConfig(model="gsa", estimate="off"))
+            assumed, _, _ = fuse(lr, msi, wl, FuseConfig(model="gsa", estimate="off", denoise="off"))
             est = plan.forward.estimate
             what = est.psf_kind + (f" σ {est.sigma:.2f} ({est.centre_offset[0]:+.2f},{est.centre_offset[1]:+.2f})"
                                    if not est.psf_kind.startswith("preset") else "") + f"; SRF {est.srf_kind}"

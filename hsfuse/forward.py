@@ -84,6 +84,8 @@ class ForwardModel:
     exact: bool = False
     protocol: str | None = None
     estimate: "PairEstimate | None" = None
+    noise: Any = None  # hsfuse.denoise.NoiseEstimate, when estimated
+    denoise: tuple[bool, bool] = (False, False)  # (LR-HSI, MSI) are denoised before fusion
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -91,6 +93,8 @@ class ForwardModel:
             "srf": {"source": self.srf_source, "shape": None if self.srf is None else list(self.srf.shape)},
             "exact": self.exact, "protocol": self.protocol,
             "estimate": None if self.estimate is None else self.estimate.describe(),
+            "noise": None if self.noise is None else self.noise.describe(),
+            "denoise": {"lr": bool(self.denoise[0]), "msi": bool(self.denoise[1])},
         }
 
 
@@ -530,20 +534,34 @@ def _check_signal(lr: np.ndarray, msi: np.ndarray) -> None:
                              "(give --psf and --srf, or --protocol)")
 
 
-def estimate_from_sources(lr_src, msi_src, scale: int, *, psf: Psf | None = None, srf: np.ndarray | None = None,
-                          window: int | None = None) -> PairEstimate:
-    """``estimate_pair`` on a central window of two opened cubes (bounded memory whatever the file size)."""
+def _central_window(lr_src, msi_src, scale: int, need: int, window: int | None):
     from .cube import Window
     from .fusion.tiling import read_mirrored
 
     s = int(scale)
-    _, _, need = estimation_support(s, psf)
     window = max(16, WINDOW_HR // s) if window is None else int(window)
     h, w = lr_src.height, lr_src.width
     wy, wx = min(h, window), min(w, window)
     y0, x0 = (h - wy) // 2, (w - wx) // 2
     lr = lr_src.read(Window(y0, x0, wy, wx))
     msi = read_mirrored(msi_src, y0 - need, y0 + wy + need, x0 - need, x0 + wx + need, s)
+    return lr, msi, wy, wx
+
+
+def noise_from_sources(lr_src, msi_src, scale: int):
+    """``hsfuse.denoise.estimate_noise`` on the same central window the forward-model estimate reads."""
+    from .denoise import estimate_noise
+
+    lr, msi, _, _ = _central_window(lr_src, msi_src, scale, 0, None)
+    return estimate_noise(lr, msi)
+
+
+def estimate_from_sources(lr_src, msi_src, scale: int, *, psf: Psf | None = None, srf: np.ndarray | None = None,
+                          window: int | None = None) -> PairEstimate:
+    """``estimate_pair`` on a central window of two opened cubes (bounded memory whatever the file size)."""
+    s = int(scale)
+    _, _, need = estimation_support(s, psf)
+    lr, msi, wy, wx = _central_window(lr_src, msi_src, s, need, window)
     border = need if min(wy, wx) > 2 * need + 8 else 0  # the true border rule is unknown: leave it out
     try:
         return estimate_pair(lr, msi, s, halo=need, psf=psf, srf=srf, border=border)
@@ -644,8 +662,19 @@ def resolve_forward_model(cfg, scale: int, lr_src, msi_src, notify=None) -> Forw
         from .degrade import Psf as _Psf
 
         psf, psf_source = _Psf.gaussian(scale), "assumed: Gaussian with FWHM = scale (estimation off)"
+    noise, denoise = None, (False, False)
+    dmode = str(getattr(cfg, "denoise", "auto")).lower()
+    if dmode not in ("auto", "on", "off"):
+        raise UsageError(f"denoise must be auto, on or off, got {dmode!r}")
+    if dmode != "off":
+        noise = noise_from_sources(lr_src, msi_src, scale)
+        denoise = (True, True) if dmode == "on" else noise.noisy()
+        if notify and any(denoise):
+            what = " and ".join(n for n, d in zip(("LR-HSI", "MSI"), denoise) if d)
+            notify(f"noisy inputs (estimated SNR: LR {noise.lr_snr_db:.0f} dB, MSI {noise.msi_snr_db:.0f} dB): "
+                   f"denoising the {what} first (--denoise off skips it)")
     return ForwardModel(psf=psf, psf_source=psf_source, srf=srf, srf_source=srf_source, exact=exact,
-                        protocol=protocol, estimate=est)
+                        protocol=protocol, estimate=est, noise=noise, denoise=denoise)
 
 
 def psf_distance(a: Psf, b: Psf) -> float:

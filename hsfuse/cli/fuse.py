@@ -108,6 +108,8 @@ def fuse(
                                  "once (estimate on the first pair, reuse for the batch), off (assume a Gaussian PSF, FWHM = scale)."),
     save_estimate: Optional[Path] = typer.Option(None, "--save-estimate", help="Write the estimated PSF/SRF as JSON "
                                                  "(reusable as --psf FILE --srf FILE)."),
+    denoise: str = typer.Option("auto", "--denoise", help="auto (denoise an input whose estimated SNR is below "
+                                "36 dB), on, or off."),
     force: bool = typer.Option(False, "--force", help="Fuse even when the estimate says the MSI does not match the LR."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16 (GPU only)."),
@@ -155,7 +157,8 @@ def fuse(
             out_dir.mkdir(parents=True, exist_ok=True)
         cfg = FuseConfig(model=model, tile=tile, overlap=overlap, device=device, precision=precision,
                          psf=psf, sigma=sigma, psf_form=psf_form, srf=srf, protocol=protocol,
-                         options=_parse_options(option), estimate="off" if mode == "off" else "auto", force=force)
+                         options=_parse_options(option), estimate="off" if mode == "off" else "auto", force=force,
+                         denoise=denoise.strip().lower())
         lr_opts = {"var": lr_var} if lr_var else {}
         msi_opts = {"var": msi_var} if msi_var else {}
 

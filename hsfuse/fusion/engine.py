@@ -54,6 +54,7 @@ class FuseConfig:
     #: a hsfuse.forward.PairEstimate is reused as it is (batches of one sensor pair)
     estimate: Any = "auto"
     force: bool = False  # fuse even when the estimate says the MSI does not match the LR
+    denoise: str = "auto"  # auto: denoise an input whose estimated SNR is low (hsfuse.denoise); on | off
 
 
 @dataclass
@@ -483,10 +484,26 @@ def _is_cuda_oom(e: BaseException) -> bool:
         return False
 
 
+def denoised_sources(plan: FusePlan, lr: CubeSource, msi: CubeSource) -> tuple[CubeSource, CubeSource]:
+    """The inputs as fusion sees them: denoised where the plan says so (hsfuse.denoise)."""
+    fm = plan.forward
+    if fm is None or fm.noise is None or not any(fm.denoise):
+        return lr, msi
+    from ..denoise import WienerSource, subspace_denoise
+
+    if fm.denoise[0]:
+        data, _ = subspace_denoise(lr.read(), fm.noise.lr_sigma)
+        lr = ArraySource(data, lr.meta.copy(nodata=None), str(lr.path))
+    if fm.denoise[1]:
+        msi = WienerSource(msi, fm.noise.msi_sigma)
+    return lr, msi
+
+
 def run(lr: CubeSource, msi: CubeSource, cfg: FuseConfig, sink_factory: Callable[[FusePlan], Any],
         progress: Progress | None = None, notify: Callable[[str], None] | None = None) -> tuple[FusePlan, Fuser, Any]:
     """Plan, fit and stream; on CUDA out-of-memory, halve the tile and start again."""
     plan = make_plan(lr, msi, cfg, notify)
+    lr, msi = denoised_sources(plan, lr, msi)
     while True:
         fuser = build_fuser(plan, cfg, lr, msi)
         if progress is not None and hasattr(fuser, "progress"):
