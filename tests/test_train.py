@@ -95,8 +95,10 @@ def test_resume_is_exact(tmp_path, synth):
     b2 = train(replace(cfg_b, stop_after=0, resume=True), scenes=scenes[:2], val_scenes=[], fm=fm)
     assert b2.steps == 12
     assert a.loss_history == b2.loss_history  # bit-identical losses
-    pa = torch.load(tmp_path / "a" / "run" / "checkpoint.pt", weights_only=False)["model"]
-    pb = torch.load(tmp_path / "b" / "run" / "checkpoint.pt", weights_only=False)["model"]
+    from hsfuse.train.loop import load_checkpoint
+
+    pa = load_checkpoint(tmp_path / "a" / "run" / "checkpoint.pt")["model"]  # the safe loader reads our own
+    pb = load_checkpoint(tmp_path / "b" / "run" / "checkpoint.pt")["model"]
     assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
     assert any(k.startswith("teacher.") for k in pa)  # online KD trained a teacher too
     header = (tmp_path / "a" / "run" / "log.csv").read_text().splitlines()
@@ -404,3 +406,32 @@ def test_progressive_patch_schedule(tmp_path, synth):
     res = train(tiny(tmp_path, patch_schedule=((0, 16), (4, 32)), steps=6), scenes=scenes[:2], val_scenes=[], fm=fm)
     assert res.steps == 6
     assert TrainConfig.from_dict({"patch_schedule": [[0, 64], [100, 96]]}).patch_schedule == ((0, 64), (100, 96))
+
+
+class _Payload:
+    """A pickle that runs code when loaded (what a crafted checkpoint would carry)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_resume_never_executes_a_crafted_checkpoint(tmp_path, synth):
+    import pickle
+
+    from hsfuse.errors import InputError
+
+    scenes, fm = synth
+    cfg = tiny(tmp_path / "c")
+    run = Path(cfg.out_dir)
+    run.mkdir(parents=True)
+    marker = tmp_path / "pwned"
+    with open(run / "checkpoint.pt", "wb") as f:
+        pickle.dump({"model": _Payload(str(marker))}, f)
+    with pytest.raises(InputError, match="not a loadable hsfuse checkpoint"):
+        train(replace(cfg, resume=True), scenes=scenes[:2], val_scenes=[], fm=fm)
+    assert not marker.exists()

@@ -333,21 +333,22 @@ def _no_reference(files, lr_path, msi_path, scale_s, peak_s, psf_kind, sigma, fo
         notes["srf"] = f"given: {srf_spec}"
     if psf_kind is None and sigma is not None:
         psf_kind = "gaussian"
-    from ..estimate import estimate_psf_sigma, estimate_srf
-
+    psf = None
     if psf_kind is not None:
         psf = make_psf(psf_kind, s, sigma=sigma, form=form, border=border)
         notes["psf"] = f"given: {psf.name}"
-    else:
-        psf0 = make_psf("gaussian", s, border=border)
-        r0 = srf_mat if srf_mat is not None else estimate_srf(lr, spatial_degrade(msi, psf0))
-        sig = estimate_psf_sigma(lr, msi, r0, s)
-        psf = make_psf("gaussian", s, sigma=sig, form="conv", border=border)
-        notes["psf"] = f"estimated: Gaussian sigma={sig:.4g} HR px (hsfuse.estimate.estimate_psf_sigma)"
+    if psf is None or srf_mat is None:  # the same estimate `hsfuse fuse` makes with no flags
+        from ..forward import estimate_pair
+
+        est = estimate_pair(lr, msi, s, psf=psf, srf=srf_mat)
+        if psf is None:
+            psf = est.psf
+            notes["psf"] = f"estimated from the pair as `hsfuse fuse` does (hsfuse.forward.estimate_pair): {est.summary()}"
+        if srf_mat is None:
+            srf_mat = est.srf
+            notes["srf"] = ("estimated from the pair (hsfuse.forward.estimate_pair): non-negative least squares of "
+                            "MSI_lr on LR, sensor gain kept")
     msi_lr = spatial_degrade(msi, psf)
-    if srf_mat is None:
-        srf_mat = estimate_srf(lr, msi_lr)
-        notes["srf"] = "estimated: non-negative least squares of MSI_lr on LR (hsfuse.estimate.estimate_srf), rows not normalised"
     lr_hat = spatial_degrade(fused, psf)
     msi_hat = apply_srf(fused, srf_mat)
     if peak == "auto":

@@ -190,6 +190,27 @@ def setup_distributed(device: str) -> DistInfo:
     return DistInfo(rank, world, local, here)
 
 
+def load_checkpoint(path: Path, device: str = "cpu") -> dict:
+    """A training checkpoint, loaded without executing anything (``weights_only``: tensors and plain types).
+
+    A crafted pickle in a run folder must not run its payload on ``--resume``; torch's restricted
+    unpickler refuses any global it does not know, which we turn into a one-line error.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        ck = torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"not a loadable hsfuse checkpoint (refused to unpickle anything but tensors and plain "
+                         f"types): {first}", path) from None
+    if not isinstance(ck, dict) or "model" not in ck:
+        raise InputError("not an hsfuse training checkpoint (no model state)", path)
+    return ck
+
+
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     import torch
 
@@ -358,7 +379,7 @@ def train(cfg: TrainConfig, progress: bool = False, scenes: Sequence | None = No
     if cfg.resume:
         if not ckpt_path.exists():
             raise InputError("--resume: no checkpoint in the run folder", ckpt_path)
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        ck = load_checkpoint(ckpt_path, device)
         bundle.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
