@@ -161,3 +161,56 @@ def test_estimate_then_fuse_with_the_estimate(tmp_path):
                               "--model", "bicubic", "-q"])
     assert bic.exit_code == 0
     assert np.abs(read_cube(out).data - z).mean() < 0.5 * np.abs(read_cube(tmp_path / "b.tif").data - z).mean()
+
+
+def test_an_output_never_replaces_an_input(tmp_path):
+    """-o onto an input (also an ENVI header's data file, or a hard link to it) is refused, --overwrite or not."""
+    import hashlib
+    import os
+
+    _, lr_path, msi_path, _, _ = _make_pair(tmp_path)
+    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    before = {p: digest(p) for p in (lr_path, lr_path.with_suffix(".img"), msi_path)}
+    os.link(msi_path, tmp_path / "msi_link.tif")
+    for target in (msi_path, lr_path, lr_path.with_suffix(".img"), tmp_path / "msi_link.tif"):
+        r = runner.invoke(app, ["fuse", str(lr_path), str(msi_path), "-o", str(target), "--model", "gsa", "--overwrite"])
+        assert r.exit_code == 1 and "would replace the input" in r.stderr, (target, r.output)
+    r = runner.invoke(app, ["degrade", str(msi_path), "-o", str(msi_path), "-s", "2", "--overwrite"])
+    assert r.exit_code == 1 and "would replace the input" in r.stderr
+    assert before == {p: digest(p) for p in before}
+
+
+def test_batch_outputs_never_collide(tmp_path):
+    """Two pairs whose LR files share a name get two outputs; explicit outputs that collide are refused."""
+    pairs = []
+    for d in ("sA", "sB"):
+        (tmp_path / d).mkdir()
+        _, lr_path, msi_path, _, _ = _make_pair(tmp_path / d)
+        pairs += [str(lr_path), str(msi_path)]
+    r = runner.invoke(app, ["fuse", *pairs, "--out-dir", str(tmp_path / "out"), "--model", "gsa", "--overwrite", "--json"])
+    assert r.exit_code == 0, r.output
+    outs = [p["output"] for p in json.loads(r.stdout)["pairs"]]
+    assert len(set(outs)) == 2 and all((tmp_path / "out" / o).exists() or __import__("os").path.exists(o) for o in outs)
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("lr,msi,output\nsA/lr.hdr,sA/msi.tif,same.tif\nsB/lr.hdr,sB/msi.tif,same.tif\n")
+    r = runner.invoke(app, ["fuse", "--pairs", str(csv), "--model", "gsa"])
+    assert r.exit_code == 2 and "would both be written" in r.stderr
+    # with --out-dir the CSV's output column lands there, not beside the CSV
+    csv.write_text("lr,msi,output\nsA/lr.hdr,sA/msi.tif,a.tif\n")
+    r = runner.invoke(app, ["fuse", "--pairs", str(csv), "--out-dir", str(tmp_path / "o2"), "--model", "gsa"])
+    assert r.exit_code == 0 and (tmp_path / "o2" / "a.tif").exists() and not (tmp_path / "a.tif").exists()
+
+
+def test_metrics_outputs_follow_the_output_rules(tmp_path):
+    z, lr_path, msi_path, _, _ = _make_pair(tmp_path)
+    ref = tmp_path / "ref.tif"
+    write_cube(ref, z, CubeMeta())
+    before = ref.read_bytes()
+    r = runner.invoke(app, ["metrics", str(ref), str(ref), "--csv", str(ref), "--overwrite"])
+    assert r.exit_code == 1 and "would replace the input" in r.stderr and ref.read_bytes() == before
+    (tmp_path / "m.csv").write_text("keep")
+    r = runner.invoke(app, ["metrics", str(ref), str(ref), "--csv", str(tmp_path / "m.csv")])
+    assert r.exit_code == 1 and "exists" in r.stderr and (tmp_path / "m.csv").read_text() == "keep"
+    r = runner.invoke(app, ["metrics", str(ref), str(ref), "--csv", str(tmp_path / "m.csv"), "--overwrite", "--no-ssim"])
+    assert r.exit_code == 0 and "psnr" in (tmp_path / "m.csv").read_text()
+    assert not list(tmp_path.glob("*hsfuse-tmp*"))

@@ -130,9 +130,9 @@ def _run(hr, output, msi_path, protocol, scale_s, psf_kind, sigma, form, pad, bo
         psf = make_psf(psf_kind, scale, sigma=sigma, form=form, pad=pad, border=border)
     s = psf.scale
 
-    fmt_lr = hio.check_writable(output, overwrite=overwrite)
+    fmt_lr = hio.check_writable(output, overwrite=overwrite, inputs=(hr,))
     if msi_path is not None:
-        hio.check_writable(msi_path, overwrite=overwrite)
+        hio.check_writable(msi_path, overwrite=overwrite, inputs=(hr, output))
 
     # -- read -----------------------------------------------------------------------------
     with hio.open_cube(hr, in_format) as src:

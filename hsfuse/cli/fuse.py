@@ -47,14 +47,14 @@ def _pairs_from(inputs: list[Path], pairs_csv: Optional[Path], out_dir: Optional
         out = []
         for r in rows:
             lr, msi = base / r["lr"], base / r["msi"]
-            if r.get("output"):
-                dst = base / r["output"]
+            if r.get("output"):  # relative to --out-dir when one is given, else to the CSV
+                dst = (out_dir if out_dir is not None else base) / r["output"]
             elif out_dir is not None:
                 dst = out_dir / _default_name(lr, out_format)
             else:
                 raise UsageError("pairs CSV rows without an 'output' column need --out-dir")
             out.append((lr, msi, dst))
-        return out
+        return _unique_outputs(out, out_format)
     if len(inputs) == 2 and output is not None:
         if out_dir is not None:
             raise UsageError("give either -o/--output or --out-dir, not both")
@@ -65,7 +65,37 @@ def _pairs_from(inputs: list[Path], pairs_csv: Optional[Path], out_dir: Optional
         raise UsageError("missing -o/--output (or --out-dir for several pairs)")
     if not inputs or len(inputs) % 2:
         raise UsageError(f"inputs must come in LR MSI pairs; got {len(inputs)} paths")
-    return [(inputs[i], inputs[i + 1], out_dir / _default_name(inputs[i], out_format)) for i in range(0, len(inputs), 2)]
+    jobs = [(inputs[i], inputs[i + 1], out_dir / _default_name(inputs[i], out_format)) for i in range(0, len(inputs), 2)]
+    return _unique_outputs(jobs, out_format)
+
+
+def _unique_outputs(jobs: list[tuple[Path, Path, Path]], out_format: Optional[str]) -> list[tuple[Path, Path, Path]]:
+    """One output per pair, checked before any work: derived names that collide (``a/lr.hdr`` and ``b/lr.hdr``)
+    take the LR's folder names; outputs that still collide, or that are an input, are refused."""
+    def key(p: Path) -> str:
+        return str(p.resolve())
+
+    seen: dict[str, int] = {}
+    for _, _, dst in jobs:
+        seen[key(dst)] = seen.get(key(dst), 0) + 1
+    fixed = []
+    for lr, msi, dst in jobs:
+        if seen[key(dst)] > 1 and dst.name == _default_name(lr, out_format):
+            parts = [p for p in lr.resolve().parent.parts[-1:] if p not in ("/", "")]
+            dst = dst.parent / ("_".join(parts + [lr.stem]) + "_fused" + Path(_default_name(lr, out_format)).suffix)
+        fixed.append((lr, msi, dst))
+    final: dict[str, tuple[Path, Path]] = {}
+    for lr, msi, dst in fixed:
+        if key(dst) in final:
+            a = final[key(dst)][0]
+            raise UsageError(f"pairs {a} and {lr} would both be written to {dst}: give each pair its own output")
+        final[key(dst)] = (lr, msi)
+    from ..io import check_not_input
+
+    inputs = [p for lr, msi, _ in fixed for p in (lr, msi)]
+    for _, _, dst in fixed:
+        check_not_input(dst, inputs)
+    return fixed
 
 
 def _parse_options(items: list[str]) -> dict:
@@ -176,7 +206,7 @@ def fuse(
                         plan = plan_obj.to_dict()
                     if mode == "once" and plan_obj.forward.estimate is not None:
                         cfg = dataclasses.replace(cfg, estimate=plan_obj.forward.estimate)
-                    fmt = check_writable(out_path, out_format, overwrite)
+                    fmt = check_writable(out_path, out_format, overwrite, inputs=(lr_path, msi_path))
                     results.append({"lr": str(lr_path), "msi": str(msi_path), "output": str(out_path),
                                     "output_format": fmt, "plan": plan, "status": "planned"})
                     if not json_out:

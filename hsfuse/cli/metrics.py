@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import InputError, UsageError
+from ..errors import InputError, OutputError, UsageError
 from .common import emit_json, err, guard, out
 from .degrade import parse_scale
 
@@ -37,6 +37,7 @@ def metrics(
     form: str = typer.Option("conv", "--form", help="No-reference: block | conv."),
     border: str = typer.Option("reflect", "--border", help="No-reference: reflect | edge | wrap | zero."),
     srf: Optional[str] = typer.Option(None, "--srf", help="No-reference: SRF name or file (default: estimate by NNLS of MSI_lr on LR)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing --csv / --plot files."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No notes on stderr."),
 ) -> None:
     """Quality metrics of a fused cube.
@@ -57,6 +58,17 @@ def metrics(
     with guard():
         if json_out and csv is not None and str(csv) == "-":
             raise UsageError("--json and --csv - both write to stdout; give --csv a file")
+        inputs = [*files, lr, msi]
+        for target in (csv, plot):  # same rules as every output: never an input, never replaced unasked
+            if target is None or str(target) == "-":
+                continue
+            from ..io import check_not_input
+
+            check_not_input(target, inputs)
+            if target.exists() and not overwrite:
+                raise OutputError("exists (use --overwrite)", target)
+            if not (target.parent if str(target.parent) else Path(".")).is_dir():
+                raise OutputError(f"output directory {target.parent} does not exist", target)
         if lr is not None or msi is not None:
             _no_reference(files, lr, msi, scale, peak, psf, sigma, form, border, srf, protocol, json_out, csv, quiet)
         else:
@@ -249,7 +261,23 @@ def _write_csv(path: Path, rep, result: dict) -> None:
 
         sys.stdout.write(buf.getvalue())
     else:
-        Path(path).write_text(buf.getvalue())
+        _atomic(Path(path), lambda tmp: tmp.write_text(buf.getvalue()))
+
+
+def _atomic(path: Path, write) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, then rename it into place (nothing half-written)."""
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".hsfuse-tmp{path.suffix}",
+                               dir=path.parent if str(path.parent) else ".")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _plot(path: Path, rep, meta, title: str) -> None:
@@ -279,7 +307,7 @@ def _plot(path: Path, rep, meta, title: str) -> None:
         a.set_yticks([])
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _atomic(Path(path), lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
 
 

@@ -556,7 +556,7 @@ def fuse_files(lr_path: str | Path, msi_path: str | Path, out_path: str | Path, 
     from ..io import check_writable
 
     cfg = cfg or FuseConfig()
-    check_writable(out_path, out_format, overwrite)  # fail before any computation
+    check_writable(out_path, out_format, overwrite, inputs=(lr_path, msi_path))  # fail before any computation
     t0 = time.perf_counter()
     with open_cube(lr_path, lr_format, **(lr_opts or {})) as lr, open_cube(msi_path, msi_format, **(msi_opts or {})) as msi:
         def sink_factory(plan: FusePlan):

@@ -97,11 +97,49 @@ def output_files(path: str | Path, fmt: str | None = None) -> list[Path]:
     return list(_module(format_for(path, fmt, for_writing=True)).output_files(path))
 
 
-def check_writable(path: str | Path, fmt: str | None = None, overwrite: bool = False) -> str:
-    """Fail early (before any computation) if ``path`` cannot be written. Returns the format."""
+_ENVI_DATA_SUFFIXES = ("", ".img", ".dat", ".raw", ".bsq", ".bil", ".bip")
+
+
+def _file_family(path: Path) -> list[Path]:
+    """A file and the files that belong to it (an ENVI header and its data file, either way round)."""
+    out = [path]
+    if path.suffix.lower() == ".hdr":
+        out += [path.with_suffix(sfx) for sfx in _ENVI_DATA_SUFFIXES]
+    elif path.suffix.lower() in _ENVI_DATA_SUFFIXES:
+        out += [path.with_suffix(".hdr"), Path(str(path) + ".hdr")]
+    return out
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)  # symlinks and hard links too
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def check_not_input(path: str | Path, inputs, outputs: list[Path] | None = None) -> None:
+    """Refuse an output that is, or shares a file with, an input (with or without --overwrite)."""
+    outs = outputs if outputs is not None else _file_family(Path(path))
+    for inp in inputs or ():
+        if inp is None:
+            continue
+        for a in _file_family(Path(inp)):
+            if any(_same_file(a, b) for b in outs if a.exists() or b.exists()):
+                raise OutputError(f"the output would replace the input {inp}: choose another output name", path)
+
+
+def check_writable(path: str | Path, fmt: str | None = None, overwrite: bool = False, inputs=()) -> str:
+    """Fail early (before any computation) if ``path`` cannot be written or would replace one of ``inputs``.
+
+    Returns the format.
+    """
     path = Path(path)
     name = format_for(path, fmt, for_writing=True)
     mod = _module(name)
+    if inputs:
+        check_not_input(path, inputs, list(mod.output_files(path)) + [path])
     if not hasattr(mod, "create_writer"):
         raise OutputError(f"format '{name}' is read-only", path)
     parent = path.parent if str(path.parent) else Path(".")
