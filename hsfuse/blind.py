@@ -434,7 +434,18 @@ def save_estimate(path: str | Path, est: BlindEstimate, *, lr_wavelengths: np.nd
     }
     if extra:
         doc.update(extra)
-    path.write_text(json.dumps(doc, indent=1, allow_nan=False))
+    text = json.dumps(doc, indent=1, allow_nan=False)
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".hsfuse-tmp", dir=path.parent if str(path.parent) else ".")
+    try:  # atomic: a full disk or an interruption leaves no half-written estimate
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -219,7 +219,7 @@ class _Sample:
         self.scale, self.k, self.r, self.n = s, k, r, idx.size
         # leading spectral components (a subspace: neighbouring HS bands are nearly collinear and noisy)
         xc = self.x - self.x.mean(1, keepdims=True)
-        p = int(min(c, 24, max(2, self.n // 8)))
+        p = int(min(c, max(2, self.n // 3)))  # all the spectral rank the pixels can carry without overfitting
         _, sv, vt = np.linalg.svd(xc, full_matrices=False)
         keep = sv > sv[0] * 1e-6 if sv.size and sv[0] > 0 else np.zeros(0, bool)
         basis = np.concatenate([np.ones((1, self.n)), vt[:p][keep[:p]]], 0).T

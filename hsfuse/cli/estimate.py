@@ -22,7 +22,10 @@ def estimate(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the estimate as JSON (usable as fuse --psf/--srf)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG with the kernel and the SRF curves."),
-    iters: int = typer.Option(5, "--iters", help="At most this many PSF/SRF alternations."),
+    method: str = typer.Option("auto", "--method", help="auto: the estimate `hsfuse fuse` makes (presets recognised, "
+                               "Gaussian width and phase, free kernel if it explains held-out pixels better); "
+                               "hysure: the free-kernel PSF/SRF alternation (--iters, --support, --psf-smooth)."),
+    iters: int = typer.Option(5, "--iters", help="hysure: at most this many PSF/SRF alternations."),
     support: Optional[int] = typer.Option(None, "--support", help="Kernel side in HR pixels (same parity as the scale)."),
     psf_smooth: float = typer.Option(1e-5, "--psf-smooth", help="Relative smoothness weight of the kernel."),
     srf_smooth: float = typer.Option(0.0, "--srf-smooth", help="Relative spectral smoothness weight of the SRF."),
@@ -32,11 +35,11 @@ def estimate(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing -o / --plot files."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No messages (errors still go to stderr)."),
 ) -> None:
-    """Estimate the spatial PSF (kernel + Gaussian σ) and the spectral response (SRF) from the pair itself.
+    """Estimate the spatial PSF (kernel, width, sampling phase) and the spectral response (SRF) from the pair.
 
-    HySure-style alternation: SRF by non-negative least squares of the degraded
-    MSI on the LR bands, then the kernel (≥ 0, sums to 1, smooth) by least
-    squares; the SRF rows sum to 1 and the sensor gain is kept apart (docs/models/umsft.md).
+    By default the very estimate `hsfuse fuse` makes with no flags (docs/fusion.md); --method hysure runs
+    the HySure-style alternation instead (SRF by non-negative least squares, kernel ≥ 0 summing to 1 by
+    least squares). The SRF rows sum to 1 and the sensor gain is kept apart (docs/models/umsft.md).
 
     $ hsfuse estimate lr.tif msi.tif -o est.json --plot est.png
 
@@ -56,6 +59,9 @@ def estimate(
                 raise OutputError("exists (use --overwrite)", p)
         if iters < 1:
             raise UsageError(f"--iters must be >= 1, got {iters}")
+        method = method.strip().lower()
+        if method not in ("auto", "hysure"):
+            raise UsageError(f"--method must be auto or hysure, got '{method}'")
         lr_opts = {"var": lr_var} if lr_var else {}
         msi_opts = {"var": msi_var} if msi_var else {}
         with open_cube(lr, **lr_opts) as lr_src, open_cube(msi, **msi_opts) as msi_src:
@@ -71,13 +77,24 @@ def estimate(
         if not quiet:
             err.print(f"hsfuse estimate: {lr.name} {lr_data.shape} + {msi.name} {msi_data.shape}, x{s}", soft_wrap=True,
                       markup=False)
-        est = estimate_blind(lr_data, msi_data, s, iters=iters, support=support, psf_smooth=psf_smooth,
-                             srf_smooth=srf_smooth, normalise=not no_normalise)
+        pair = None
+        if method == "auto":
+            from ..forward import estimate_pair
+
+            pair = estimate_pair(lr_data, msi_data, s)
+            est = pair.to_blind()
+            if no_normalise:
+                est.srf, est.gain = pair.srf, None
+        else:
+            est = estimate_blind(lr_data, msi_data, s, iters=iters, support=support, psf_smooth=psf_smooth,
+                                 srf_smooth=srf_smooth, normalise=not no_normalise)
         if not quiet:
             for wmsg in est.warnings:
                 err.print(f"hsfuse estimate: warning: {wmsg}", soft_wrap=True, markup=False)
         extra = {"inputs": {"lr": str(lr), "msi": str(msi), "lr_shape": list(lr_data.shape),
-                            "msi_shape": list(msi_data.shape)}}
+                            "msi_shape": list(msi_data.shape)}, "method": method}
+        if pair is not None:
+            extra["estimate"] = pair.describe()
         if output is not None:
             save_estimate(output, est, lr_wavelengths=wl, msi_band_names=names, extra=extra)
         if plot is not None:
@@ -93,6 +110,9 @@ def estimate(
                       f"({d['centre_offset_hr'][0]:+.2f}, {d['centre_offset_hr'][1]:+.2f}) px", markup=False)
             gains = "" if est.gain is None else ", gains " + " ".join(f"{g:.4g}" for g in est.gain)
             out.print(f"SRF: {est.srf.shape[0]} x {est.srf.shape[1]}{gains}", markup=False)
-            out.print(f"relative residual {est.residual:.4g} after {est.iterations} iteration(s)", markup=False)
+            if pair is not None:
+                out.print(pair.summary(), markup=False)
+            else:
+                out.print(f"relative residual {est.residual:.4g} after {est.iterations} iteration(s)", markup=False)
             if output is not None:
                 out.print(f"wrote {output}", markup=False)

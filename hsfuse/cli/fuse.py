@@ -249,22 +249,12 @@ def fuse(
 
 def _save_estimate(path: Path, est, lr_path: Path, msi_path: Path, overwrite: bool) -> None:
     """The estimate as the JSON `hsfuse estimate -o` writes (``--psf F --srf F`` read it back), atomically."""
-    import os
-    import tempfile
-
     from ..blind import save_estimate as write_json
 
     if path.exists() and not overwrite:
         raise OutputError("exists (use --overwrite)", path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".hsfuse-tmp", dir=path.parent if str(path.parent) else ".")
-    os.close(fd)
-    try:
-        write_json(tmp, est.to_blind(), extra={"inputs": {"lr": str(lr_path), "msi": str(msi_path)},
-                                               "estimate": est.describe()})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json(path, est.to_blind(), extra={"inputs": {"lr": str(lr_path), "msi": str(msi_path)},
+                                            "estimate": est.describe()})
 
 
 def _print_plan(lr: Path, msi: Path, out: Path, plan: dict) -> None:
