@@ -435,17 +435,9 @@ def save_estimate(path: str | Path, est: BlindEstimate, *, lr_wavelengths: np.nd
     if extra:
         doc.update(extra)
     text = json.dumps(doc, indent=1, allow_nan=False)
-    import os
-    import tempfile
+    from .io.base import atomic_write
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".hsfuse-tmp", dir=path.parent if str(path.parent) else ".")
-    try:  # atomic: a full disk or an interruption leaves no half-written estimate
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: tmp.write_text(text))  # a full disk or an interruption leaves nothing
     return path
 
 

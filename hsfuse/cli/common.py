@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -36,8 +37,26 @@ def guard() -> Iterator[None]:
         err.print("hsfuse: interrupted", soft_wrap=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except MemoryError:
-        err.print("hsfuse: error: out of memory (try a smaller --tile)", soft_wrap=True)
+        err.print("hsfuse: error: out of memory (try a smaller --tile where the command has one)", soft_wrap=True)
         raise typer.Exit(1) from None
+    except (OSError, ValueError) as e:  # bad paths, a full disk, a library's complaint: one line, never a traceback
+        if os.environ.get("HSFUSE_DEBUG"):
+            raise
+        err.print(f"hsfuse: error: {_os_error_line(e)}", soft_wrap=True, markup=False)
+        raise typer.Exit(1) from None
+
+
+def _os_error_line(e: BaseException) -> str:
+    import errno
+
+    if isinstance(e, OSError):
+        where = e.filename if e.filename is not None else ""
+        if e.errno == errno.ENOSPC:
+            target = Path(str(where)).parent if where else "the output device"
+            return f"no space left on {target}"
+        text = e.strerror or str(e)
+        return f"{where}: {text}" if where else text
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def _jsonable(obj: Any) -> Any:

@@ -42,7 +42,7 @@ def demo(
         from ..metrics import compute_metrics
         from ..srf import load_srf
 
-        if scale < 2 or size % scale:
+        if scale < 2 or size < 2 * scale or size % scale:
             raise UsageError(f"--size {size} must be a multiple of --scale {scale} (>= 2)")
         out_dir.mkdir(parents=True, exist_ok=True)
         z = synthetic_scene(size, seed)

@@ -180,6 +180,8 @@ def fuse(
             raise UsageError(f"--estimate must be auto, once or off, got '{estimate}'")
         if save_estimate is not None and save_estimate.exists() and not overwrite:
             raise OutputError("exists (use --overwrite)", save_estimate)
+        if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+            raise OutputError("--out-dir exists and is not a folder", out_dir)
         jobs = _pairs_from(list(inputs or []), pairs, out_dir, output, out_format)
         if save_estimate is not None and len(jobs) > 1 and mode != "once":
             raise UsageError("--save-estimate with several pairs needs --estimate once (one estimate for the batch)")

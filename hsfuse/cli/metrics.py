@@ -265,19 +265,9 @@ def _write_csv(path: Path, rep, result: dict) -> None:
 
 
 def _atomic(path: Path, write) -> None:
-    """``write(tmp)`` to a temporary file beside ``path``, then rename it into place (nothing half-written)."""
-    import os
-    import tempfile
+    from ..io.base import atomic_write
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".hsfuse-tmp{path.suffix}",
-                               dir=path.parent if str(path.parent) else ".")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, write)
 
 
 def _plot(path: Path, rep, meta, title: str) -> None:

@@ -154,11 +154,29 @@ def check_writable(path: str | Path, fmt: str | None = None, overwrite: bool = F
     return name
 
 
+def check_free_space(path: str | Path, nbytes: int) -> None:
+    """Refuse before writing when the output's filesystem cannot hold ``nbytes`` (plus 1 MB of headers).
+
+    Why: a memory-mapped temporary file on a full disk dies with SIGBUS, not an error we can catch.
+    """
+    import shutil
+
+    parent = Path(path).parent if str(Path(path).parent) else Path(".")
+    try:
+        free = shutil.disk_usage(parent).free
+    except OSError:
+        return
+    need = int(nbytes) + (1 << 20)
+    if free < need:
+        raise OutputError(f"no space left on {parent}: needs {need / 1e6:.1f} MB, {free / 1e6:.1f} MB free", path)
+
+
 def create_writer(path: str | Path, shape: tuple[int, int, int], meta: CubeMeta, dtype: str | np.dtype = "float32",
                   fmt: str | None = None, overwrite: bool = False, **opts: Any) -> CubeWriter:
     """Open an atomic writer; data appear at ``path`` only on ``commit()`` / clean ``with`` exit."""
     path = Path(path)
     name = check_writable(path, fmt, overwrite)
+    check_free_space(path, int(np.prod(shape)) * np.dtype(dtype).itemsize)
     try:
         return _module(name).create_writer(path, tuple(shape), meta, np.dtype(dtype), **opts)
     except OSError as e:

@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from ..cube import Cube, CubeMeta, Window, to_physical, to_raw
-from ..errors import OutputError
+from ..errors import HsfuseError, FormatError, OutputError
 
 
 class CubeSource:
@@ -58,8 +58,19 @@ class CubeSource:
             window = Window(0, 0, self.height, self.width)
         window = window.clip(self.height, self.width)
         idx = None if bands is None else np.asarray(bands, dtype=np.intp)
-        data = self._read_raw(window, idx)
-        return np.asarray(data) if raw else to_physical(np.asarray(data), self.meta)
+        try:
+            data = np.asarray(self._read_raw(window, idx))
+        except HsfuseError:
+            raise
+        except MemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a corrupt file found while reading, not while opening
+            msg = " ".join(str(e).split()) or type(e).__name__
+            raise FormatError(f"cannot read the data (corrupt or truncated file?): {type(e).__name__}: {msg}",
+                              self.path) from None
+        if np.iscomplexobj(data):
+            raise FormatError("complex-valued data: hsfuse takes real cubes (take abs() or .real yourself)", self.path)
+        return data if raw else to_physical(data, self.meta)
 
     def to_cube(self) -> Cube:
         return Cube(self.read(), self.meta, self.path)
@@ -75,9 +86,56 @@ class CubeSource:
 
 
 def temp_path_for(final: Path) -> Path:
-    """A hidden temporary name in the same directory (same filesystem, so rename is atomic)."""
+    """A hidden temporary name in the same directory (same filesystem, so rename is atomic).
+
+    The name carries the writing process's id: temporaries that a killed run (SIGKILL, power loss) left
+    for the same output are removed here, once their process is gone.
+    """
+    _remove_stale_temps(final)
     token = f"{os.getpid()}-{secrets.token_hex(3)}"
     return final.with_name(f".{final.stem}.hsfuse-tmp-{token}{final.suffix}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _remove_stale_temps(final: Path) -> None:
+    prefix = f".{final.stem}.hsfuse-tmp-"
+    try:
+        siblings = list(final.parent.glob(f"{prefix}*"))
+    except OSError:
+        return
+    for p in siblings:
+        pid = p.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            try:
+                p.unlink()
+            except OSError:
+                pass
+
+
+def atomic_write(path: str | Path, write) -> Path:
+    """``write(tmp_path)`` to a hidden temporary file beside ``path``, then rename it into place.
+
+    For the small side outputs (JSON estimates, CSV tables, PNG reports): an interruption or a full disk
+    leaves nothing half-written, and the temporary name is one the next run recognises.
+    """
+    path = Path(path)
+    tmp = temp_path_for(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 class CubeWriter:
@@ -126,11 +184,31 @@ class CubeWriter:
         try:
             self._finish()
             self._close_handles()
-            for tmp, final in self._pending:
-                os.replace(tmp, final)
         except BaseException:
             self.abort()
             raise
+        # several files (ENVI header + data) land together: the old ones are moved aside first and put
+        # back if any rename fails, so a reader never sees a new data file with an old header
+        moved: list[tuple[Path, Path]] = []
+        placed: list[Path] = []
+        try:
+            for _, final in self._pending:
+                if len(self._pending) > 1 and final.exists():
+                    aside = temp_path_for(final)
+                    os.replace(final, aside)
+                    moved.append((aside, final))
+            for tmp, final in self._pending:
+                os.replace(tmp, final)
+                placed.append(final)
+        except BaseException:
+            for final in placed:
+                final.unlink(missing_ok=True)
+            for aside, final in moved:
+                os.replace(aside, final)
+            self.abort()
+            raise
+        for aside, _ in moved:
+            aside.unlink(missing_ok=True)
         self._done = True
         return self.path
 

@@ -178,6 +178,8 @@ class EnviSource(CubeSource):
             byte_order = int(h.get("byte order", 0))
         except (TypeError, ValueError):
             raise FormatError("header fields samples/lines/bands/data type/header offset/byte order must be integers", hdr) from None
+        if min(width, height, nb) < 1:
+            raise FormatError(f"header gives an empty cube (samples={width}, lines={height}, bands={nb})", hdr)
         if code not in DTYPES:
             kind = " (complex: not supported)" if code in (6, 9) else ""
             raise FormatError(f"unknown ENVI data type {code}{kind} (supported: {', '.join(map(str, DTYPES))})", hdr)
