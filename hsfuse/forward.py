@@ -517,9 +517,9 @@ def estimate_pair(lr: np.ndarray, msi_ext: np.ndarray, scale: int, *, halo: int 
         candidates=cands, pixels=sample.n, seconds=time.perf_counter() - t0, warnings=warns)
 
 
-def _check_signal(lr: np.ndarray, msi: np.ndarray) -> None:
-    """Constant (or all-NaN) inputs carry no information about the forward model: say so."""
-    for name, a in (("LR cube", lr), ("MSI", msi)):
+def _check_signal(lr: np.ndarray, msi: np.ndarray, lr_path=None, msi_path=None) -> None:
+    """Constant (or all-NaN) inputs carry no information about the forward model: say so, naming the file."""
+    for name, a, path in (("LR cube", lr, lr_path), ("MSI", msi, msi_path)):
         lo, hi, any_valid = np.inf, -np.inf, False
         for band in a:  # band by band, no scene-sized temporaries
             bad = ~np.isfinite(band)
@@ -528,10 +528,10 @@ def _check_signal(lr: np.ndarray, msi: np.ndarray) -> None:
                 any_valid = True
                 lo, hi = min(lo, float(vals.min())), max(hi, float(vals.max()))
         if not any_valid:
-            raise InputError(f"the {name} has no valid pixels")
+            raise InputError(f"the {name} has no valid pixels (everything is nodata/NaN)", path)
         if not hi - lo > 1e-9 * max(1.0, abs(hi), abs(lo)):
             raise InputError(f"the {name} is constant: the PSF and SRF are not identifiable from this pair "
-                             "(give --psf and --srf, or --protocol)")
+                             "(give --psf and --srf, or --protocol)", path)
 
 
 def _central_window(lr_src, msi_src, scale: int, need: int, window: int | None):
@@ -562,6 +562,7 @@ def estimate_from_sources(lr_src, msi_src, scale: int, *, psf: Psf | None = None
     s = int(scale)
     _, _, need = estimation_support(s, psf)
     lr, msi, wy, wx = _central_window(lr_src, msi_src, s, need, window)
+    _check_signal(lr, msi, lr_src.path, msi_src.path)
     border = need if min(wy, wx) > 2 * need + 8 else 0  # the true border rule is unknown: leave it out
     try:
         return estimate_pair(lr, msi, s, halo=need, psf=psf, srf=srf, border=border)

@@ -70,5 +70,10 @@ def _sigterm(signum, frame):  # let writers clean up their temporary files
 
 
 def main() -> None:
+    import os
+    import warnings
+
     signal.signal(signal.SIGTERM, _sigterm)
+    if not os.environ.get("HSFUSE_DEBUG"):  # library warnings are not messages for users (HSFUSE_DEBUG=1 shows them)
+        warnings.simplefilter("ignore")
     app()

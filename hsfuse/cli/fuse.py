@@ -175,6 +175,8 @@ def fuse(
         from ..fusion.engine import FuseConfig, fuse_files, make_plan
         from ..io import check_writable, open_cube
 
+        if psf is None and psf_form != "conv":
+            raise UsageError("--form goes with --psf (it says how that PSF samples the LR grid)")
         mode = estimate.strip().lower()
         if mode not in ("auto", "once", "off"):
             raise UsageError(f"--estimate must be auto, once or off, got '{estimate}'")

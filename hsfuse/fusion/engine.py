@@ -389,6 +389,8 @@ def prepare(lr_src: CubeSource, msi_src: CubeSource, fuser: Fuser, plan: FusePla
     lr = lr_src.read()
     msi_lr, msi_bad = _degrade_msi(msi_src, plan, progress)
     lr_valid = np.isfinite(lr).all(0)
+    if not (~msi_bad & np.isfinite(msi_lr).all(0)).any():
+        raise InputError("no valid pixels (everything is nodata/NaN)", msi_src.path)
     fit_valid = lr_valid & ~msi_bad & np.isfinite(msi_lr).all(0)
     lr_fill = _band_means(lr, fit_valid, lr_src.path)
     msi_fill = _band_means(msi_lr, fit_valid, msi_src.path)

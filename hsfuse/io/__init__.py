@@ -55,7 +55,9 @@ def format_for(path: str | Path, fmt: str | None = None, *, for_writing: bool = 
     if fmt is not None:
         fmt = fmt.lower()
         if fmt not in FORMATS:
-            raise InputError(f"unknown format '{fmt}' (known: {', '.join(FORMATS)})", path)
+            from ..errors import UsageError
+
+            raise UsageError(f"unknown format '{fmt}' (known: {', '.join(FORMATS)})", path)
         return fmt
     if not for_writing and path.is_dir():
         return "bands"
