@@ -382,9 +382,13 @@ def _presets(scale: int, lr_bands: int, msi_bands: int) -> tuple:
         if proto.scale is not None and proto.scale != scale:
             continue
         try:
-            psf, srf = proto.build(scale=scale)
+            psf = proto.build_psf(scale=scale)
         except (InputError, UsageError, ValueError, OSError):
-            continue  # e.g. the MHF-Net table is not installed here
+            continue
+        try:
+            srf = proto.build(scale=scale)[1]
+        except (InputError, UsageError, ValueError, OSError):
+            srf = None  # e.g. the MHF-Net response table is not installed here: the PSF alone is still a preset
         if srf is not None and srf.shape != (msi_bands, lr_bands):
             srf = None
         out.append((name, psf, srf))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .degrade import Psf, make_psf
+from .degrade import Psf, gaussian_kernel, make_psf
 from .errors import InputError, UsageError
 
 ENV_MHF = "HSFUSE_MHF_RESPONSE"
@@ -121,8 +121,16 @@ class Protocol:
     def build_psf(self, scale: int | None = None, srf_path: str | Path | None = None, border: str | None = None) -> Psf:
         s = self.resolve_scale(scale)
         if self.kernel == "mhf-C":
-            c, _, p = load_mhf_response(srf_path)
-            return Psf(c, s, pad=0, border=self.border, name=f"{self.name}: C from {p.name} (block {s}×{s})")
+            try:
+                c, _, p = load_mhf_response(srf_path)
+                return Psf(c, s, pad=0, border=self.border, name=f"{self.name}: C from {p.name} (block {s}×{s})")
+            except InputError:
+                if srf_path is not None or os.environ.get(ENV_MHF):
+                    raise  # a file the user named must be there
+                # the file's C is a normalised Gaussian, sigma 10, centred at (15.5, 15.5) (equal to 3e-18,
+                # checked in tests/test_degrade.py): an installed hsfuse builds it without the file
+                return Psf(gaussian_kernel(32, 10.0), s, pad=0, border=self.border,
+                           name=f"{self.name}: C as the Gaussian sigma 10 it equals (block {s}×{s})")
         sig = self.sigma(s)
         psf = make_psf("gaussian", s, sigma=sig, form=self.form, border=border or self.border,
                        size=self.kernel_size, pad=self.pad)

@@ -166,6 +166,30 @@ def test_mhf_lookup_errors(tmp_path, monkeypatch):
     assert srf8.shape == (3, 31)
 
 
+def test_mhf_kernel_without_the_file_is_the_gaussian_it_equals(tmp_path, monkeypatch):
+    """An installed hsfuse has no ../shared: cave-mhf-x32's PSF is built without the file (its SRF is not)."""
+    import hsfuse.protocols as protocols
+    from hsfuse.degrade import gaussian_kernel
+
+    monkeypatch.delenv("HSFUSE_MHF_RESPONSE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(protocols, "REPO", tmp_path)
+    psf = PROTOCOLS["cave-mhf-x32"].build_psf()
+    assert psf.size == 32 and psf.pad == 0
+    np.testing.assert_allclose(psf.kernel, gaussian_kernel(32, 10.0), atol=0)
+    with pytest.raises(InputError):
+        PROTOCOLS["cave-mhf-x32"].build()  # the SRF needs the file
+
+
+@pytest.mark.shared
+def test_mhf_file_kernel_is_the_gaussian(shared_data):
+    from hsfuse.degrade import gaussian_kernel
+    from hsfuse.protocols import load_mhf_response
+
+    c, _, _ = load_mhf_response()
+    assert np.abs(c - gaussian_kernel(32, 10.0)).max() < 1e-15
+
+
 @pytest.mark.shared
 def test_cave_protocols_on_real_scene(shared_data):
     """cave-gauss-x8 / cave-mhf-x32 on beads: LR 31×64×64 / 31×16×16, MSI 3×512×512, exact block sums."""

@@ -37,3 +37,8 @@ def models(
                 w = "[red]not installed: unavailable[/]"
             t.add_row(e["name"], e["kind"], e["accepts"], w, e["summary"])
         out.print(t)
+        if not any(e["installed"] for e in entries if e["needs_weights"]):
+            out.print(f"no weights installed in {weights_dir()}: the default is the classical 'gsa' (set "
+                      "HSFUSE_WEIGHTS to a folder of NAME.json + NAME.safetensors)", markup=False)
+        else:
+            out.print(f"weights from {weights_dir()} (HSFUSE_WEIGHTS overrides)", markup=False)

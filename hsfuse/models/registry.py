@@ -20,9 +20,20 @@ KINDS = ("classical", "supervised", "zero-shot")
 
 
 def weights_dir() -> Path:
-    """``$HSFUSE_WEIGHTS`` or the repository's ``weights/`` folder."""
-    env = os.environ.get("HSFUSE_WEIGHTS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "weights"
+    """Where the trained weights are: ``$HSFUSE_WEIGHTS``, else the checkout's ``weights/`` (a source or
+    editable install), else the ``hsfuse._weights`` data package a wheel installs."""
+    env = os.environ.get(ENV_WEIGHTS)
+    if env:
+        return Path(env)
+    repo = Path(__file__).resolve().parents[2] / "weights"
+    if repo.is_dir() and any(repo.glob("*.json")):
+        return repo
+    pkg = Path(__file__).resolve().parents[1] / "_weights"  # where a wheel puts them
+    return pkg if pkg.is_dir() else repo
+
+
+#: environment variable naming another weights folder (documented in docs/training.md and README)
+ENV_WEIGHTS = "HSFUSE_WEIGHTS"
 
 
 @dataclass(frozen=True)
