@@ -214,3 +214,29 @@ def test_metrics_outputs_follow_the_output_rules(tmp_path):
     r = runner.invoke(app, ["metrics", str(ref), str(ref), "--csv", str(tmp_path / "m.csv"), "--overwrite", "--no-ssim"])
     assert r.exit_code == 0 and "psnr" in (tmp_path / "m.csv").read_text()
     assert not list(tmp_path.glob("*hsfuse-tmp*"))
+
+
+def test_georeferenced_grids_must_agree(tmp_path):
+    """A moved MSI, another UTM zone, or pixel sizes that are not the scale: refused, or warned with --force."""
+    z = smooth_cube(8, 64, 64, seed=3)
+    lr, msi = Psf.gaussian(4).apply(z), (z[:3] + z[-3:]) / 2
+    wl = np.linspace(450, 900, 8)
+    hr = GeoRef(WKT_UTM, (10.0, 0.0, 440000.0, 0.0, -10.0, 5000000.0))
+    write_cube(tmp_path / "lr.hdr", lr, CubeMeta(wavelengths=wl, georef=hr.scaled(4)))
+    cases = {
+        "moved": (GeoRef(WKT_UTM, (10.0, 0.0, 540000.0, 0.0, -10.0, 5000000.0)), "do not overlap"),
+        "zone": (GeoRef(WKT_UTM.replace("zone 31N", "zone 32N").replace('"central_meridian",3', '"central_meridian",9')
+                        .replace("32631", "32632"), hr.transform), "different coordinate systems"),
+        "pixels": (GeoRef(WKT_UTM, (7.5, 0.0, 440000.0, 0.0, -7.5, 5000000.0)), "pixel sizes"),
+    }
+    for name, (geo, needle) in cases.items():
+        write_cube(tmp_path / f"msi_{name}.tif", msi, CubeMeta(georef=geo))
+        r = runner.invoke(app, ["fuse", str(tmp_path / "lr.hdr"), str(tmp_path / f"msi_{name}.tif"), "-o",
+                                str(tmp_path / f"o_{name}.tif"), "--model", "gsa"])
+        assert r.exit_code == 1 and needle in r.stderr, (name, r.output)
+        assert not (tmp_path / f"o_{name}.tif").exists()
+    r = runner.invoke(app, ["fuse", str(tmp_path / "lr.hdr"), str(tmp_path / "msi_pixels.tif"), "-o",
+                            str(tmp_path / "forced.tif"), "--model", "gsa", "--force"])
+    assert r.exit_code == 0 and "warning: the pixel sizes" in r.stderr
+    out = read_cube(tmp_path / "forced.tif")
+    assert out.meta.georef.transform[0] == 7.5  # the output keeps the MSI's grid

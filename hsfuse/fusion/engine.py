@@ -126,6 +126,60 @@ def infer_scale(lr: CubeSource, msi: CubeSource) -> int:
     return H // h
 
 
+def _same_crs(a: str, b: str) -> bool:
+    if " ".join(a.split()) == " ".join(b.split()):
+        return True
+    try:
+        from rasterio.crs import CRS
+
+        return CRS.from_wkt(a) == CRS.from_wkt(b)
+    except Exception:  # noqa: BLE001 - unparseable WKT: compare as text (already unequal)
+        return False
+
+
+def check_grids(lr: CubeSource, msi: CubeSource, scale: int) -> list[str]:
+    """Problems between two georeferenced grids (empty when either has none, or when they agree).
+
+    Why: a pair from different zones, places or resolutions fuses without error but is nonsense;
+    the grids say so before any pixel is read.
+    """
+    gl, gm = lr.meta.georef, msi.meta.georef
+    if gl is None or gm is None or gl.transform is None or gm.transform is None:
+        return []
+    problems = []
+    if gl.crs_wkt and gm.crs_wkt and not _same_crs(gl.crs_wkt, gm.crs_wkt):
+        def short(w: str) -> str:
+            import re
+
+            m = re.search(r'(?:PROJCS|PROJCRS|GEOGCS|GEOGCRS)\["([^"]+)"', w)
+            return m.group(1) if m else w[:40]
+        problems.append(f"the grids are in different coordinate systems ({short(gl.crs_wkt)} vs {short(gm.crs_wkt)})")
+        return problems
+    la, lb, lc, ld, le, lf = gl.transform
+    ma, mb, mc, md, me, mf = gm.transform
+    if lb or ld or mb or md:
+        return problems  # rotated grids: not checked
+    for name, lv, mv in (("x", la, ma), ("y", le, me)):
+        if mv == 0 or abs(lv / mv / scale - 1.0) > 0.01:
+            problems.append(f"the pixel sizes do not match the scale: LR {abs(lv):g} vs MSI {abs(mv):g} in {name} "
+                            f"(ratio {abs(lv / mv) if mv else float('inf'):.4g}, the grids are x{scale})")
+            return problems
+    def extent(c, a, f, e, w, h):
+        xs, ys = sorted((c, c + a * w)), sorted((f, f + e * h))
+        return xs, ys
+    (lx, ly), (mx, my) = extent(lc, la, lf, le, lr.width, lr.height), extent(mc, ma, mf, me, msi.width, msi.height)
+    ox = min(lx[1], mx[1]) - max(lx[0], mx[0])
+    oy = min(ly[1], my[1]) - max(ly[0], my[0])
+    if ox <= 0 or oy <= 0:
+        problems.append(f"the grids do not overlap (LR x {lx[0]:.6g}..{lx[1]:.6g}, y {ly[0]:.6g}..{ly[1]:.6g}; "
+                        f"MSI x {mx[0]:.6g}..{mx[1]:.6g}, y {my[0]:.6g}..{my[1]:.6g})")
+        return problems
+    cover = (ox * oy) / ((lx[1] - lx[0]) * (ly[1] - ly[0]))
+    if cover < 0.98:
+        problems.append(f"the grids cover different areas (they share {cover:.0%} of the LR footprint)")
+    return problems
+
+
 def _record_fits(rec: dict[str, Any], lr: CubeSource, msi: CubeSource, scale: int) -> str | None:
     """None if a weights record fits the inputs, else the reason it does not."""
     if scale not in [int(s) for s in rec.get("scales", [])]:
@@ -285,6 +339,12 @@ def make_plan(lr: CubeSource, msi: CubeSource, cfg: FuseConfig, notify: Callable
 
     named = get_model(cfg.model) if cfg.model is not None else None  # a typo is a usage error, found first
     scale = infer_scale(lr, msi)
+    grid_problems = check_grids(lr, msi, scale)
+    if grid_problems and not cfg.force:
+        raise InputError("; ".join(grid_problems) + " (--force fuses anyway, on the MSI's grid)", msi.path)
+    for prob in grid_problems:
+        if notify:
+            notify(f"warning: {prob} (fusing anyway: --force)")
     fm = resolve_forward_model(cfg, scale, lr, msi, notify=notify)
     psf, psf_source, srf, srf_source = fm.psf, fm.psf_source, fm.srf, fm.srf_source
     if named is None:
