@@ -240,3 +240,24 @@ def test_georeferenced_grids_must_agree(tmp_path):
     assert r.exit_code == 0 and "warning: the pixel sizes" in r.stderr
     out = read_cube(tmp_path / "forced.tif")
     assert out.meta.georef.transform[0] == 7.5  # the output keeps the MSI's grid
+
+
+def test_json_has_one_schema_and_jsonl_streams_pairs(tmp_path):
+    _, lr_path, msi_path, _, _ = _make_pair(tmp_path)
+    one = runner.invoke(app, ["fuse", str(lr_path), str(msi_path), "-o", str(tmp_path / "a.tif"), "--model", "gsa",
+                              "--json"])
+    doc = json.loads(one.stdout)
+    assert one.exit_code == 0 and doc["total"] == 1 and doc["ok"] == 1 and doc["pairs"][0]["status"] == "ok"
+    assert doc["plan"] == doc["pairs"][0]["plan"]  # one pair: its fields at the top level too
+    bad = runner.invoke(app, ["fuse", str(lr_path), str(tmp_path / "missing.tif"), "-o", str(tmp_path / "b.tif"),
+                              "--json"])
+    doc = json.loads(bad.stdout)  # a failed single pair still prints its JSON, with the error
+    assert bad.exit_code == 1 and doc["failed"] == 1 and "missing.tif" in doc["pairs"][0]["error"]
+    import shutil
+
+    for ext in (".hdr", ".img"):
+        shutil.copy(lr_path.with_suffix(ext), tmp_path / f"lr2{ext}")
+    lines = runner.invoke(app, ["fuse", str(lr_path), str(msi_path), str(tmp_path / "lr2.hdr"), str(tmp_path / "missing.tif"),
+                                "--out-dir", str(tmp_path / "o"), "--model", "gsa", "--jsonl", "--keep-going"])
+    rows = [json.loads(ln) for ln in lines.stdout.splitlines() if ln.strip()]
+    assert lines.exit_code == 1 and [r["status"] for r in rows] == ["ok", "failed"]

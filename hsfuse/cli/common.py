@@ -77,9 +77,10 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def emit_json(obj: Any) -> None:
-    """Print exactly one strict-JSON object on stdout."""
-    sys.stdout.write(json.dumps(_jsonable(obj), indent=2) + "\n")
+def emit_json(obj: Any, compact: bool = False) -> None:
+    """Print exactly one strict-JSON object on stdout (``compact``: on one line, for JSON Lines)."""
+    text = json.dumps(_jsonable(obj), separators=(",", ":")) if compact else json.dumps(_jsonable(obj), indent=2)
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()
 
 

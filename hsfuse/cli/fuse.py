@@ -154,7 +154,10 @@ def fuse(
     keep_going: bool = typer.Option(False, "--keep-going", help="With several pairs, go on after a failed pair."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Resolve inputs, model, tiles and device; print the plan; compute nothing."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout: {pairs, ok, failed, total} "
+                                  "(with one pair, its fields at the top level too)."),
+    jsonl: bool = typer.Option(False, "--jsonl", help="Print one JSON line per pair as each finishes (for xargs, "
+                               "parallel, jq -c)."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress or messages (errors still go to stderr)."),
 ) -> None:
     """Fuse an LR hyperspectral cube with an HR multispectral image into an HR hyperspectral cube.
@@ -200,8 +203,17 @@ def fuse(
             if not quiet:
                 err.print(msg, soft_wrap=True, markup=False)
 
+        if json_out and jsonl:
+            raise UsageError("give --json or --jsonl, not both")
         results, failed = [], 0
         saved = False
+        exit_code = 1
+
+        def record(doc: dict) -> None:
+            results.append(doc)
+            if jsonl:
+                emit_json(doc, compact=True)
+
         for lr_path, msi_path, out_path in jobs:
             try:
                 if dry_run:
@@ -211,9 +223,9 @@ def fuse(
                     if mode == "once" and plan_obj.forward.estimate is not None:
                         cfg = dataclasses.replace(cfg, estimate=plan_obj.forward.estimate)
                     fmt = check_writable(out_path, out_format, overwrite, inputs=(lr_path, msi_path))
-                    results.append({"lr": str(lr_path), "msi": str(msi_path), "output": str(out_path),
-                                    "output_format": fmt, "plan": plan, "status": "planned"})
-                    if not json_out:
+                    record({"lr": str(lr_path), "msi": str(msi_path), "output": str(out_path),
+                            "output_format": fmt, "plan": plan, "status": "planned"})
+                    if not (json_out or jsonl):
                         _print_plan(lr_path, msi_path, out_path, plan)
                     continue
                 bar, callback = _progress_bar(show_progress(quiet))
@@ -231,24 +243,27 @@ def fuse(
                     f"({res.megapixels_per_second:.3g} MP/s)"
                     + ("; LR consistency on (the PSF taken as exact; -O lr_consistency=off skips it)"
                        if (res.model_info or {}).get("lr_consistency") else ""))
-                results.append({"lr": str(lr_path), "msi": str(msi_path), "output": res.output, "status": "ok",
-                                "seconds": res.seconds, "megapixels_per_second": res.megapixels_per_second,
-                                "plan": res.plan, "model_info": res.model_info})
+                record({"lr": str(lr_path), "msi": str(msi_path), "output": res.output, "status": "ok",
+                        "seconds": res.seconds, "megapixels_per_second": res.megapixels_per_second,
+                        "plan": res.plan, "model_info": res.model_info})
             except HsfuseError as e:
-                if len(jobs) == 1:
+                if len(jobs) == 1 and not (json_out or jsonl):
                     raise
                 failed += 1
+                exit_code = e.exit_code if len(jobs) == 1 else 1
                 err.print(f"hsfuse: error: {e.oneline()}", soft_wrap=True, markup=False)
-                results.append({"lr": str(lr_path), "msi": str(msi_path), "output": str(out_path), "status": "failed",
-                                "error": e.oneline(), "exit_code": e.exit_code})
+                record({"lr": str(lr_path), "msi": str(msi_path), "output": str(out_path), "status": "failed",
+                        "error": e.oneline(), "exit_code": e.exit_code})
                 if not keep_going:
                     break
-        if json_out:
-            emit_json(results[0] if len(jobs) == 1 else {"pairs": results, "failed": failed, "total": len(jobs)})
+        if json_out:  # one schema whatever the number of pairs; one pair's fields also at the top level
+            doc = {"pairs": results, "ok": sum(r["status"] != "failed" for r in results), "failed": failed,
+                   "total": len(jobs)}
+            emit_json({**results[0], **doc} if len(jobs) == 1 and results else doc)
         if failed:
-            if not quiet:
+            if not quiet and len(jobs) > 1:
                 err.print(f"hsfuse: {failed} of {len(jobs)} pair(s) failed", markup=False)
-            raise typer.Exit(1)
+            raise typer.Exit(exit_code)
 
 
 def _save_estimate(path: Path, est, lr_path: Path, msi_path: Path, overwrite: bool) -> None:
