@@ -220,11 +220,14 @@ class _Sample:
         # leading spectral components (a subspace: neighbouring HS bands are nearly collinear and noisy)
         xc = self.x - self.x.mean(1, keepdims=True)
         p = int(min(c, max(2, self.n // 3)))  # all the spectral rank the pixels can carry without overfitting
-        _, sv, vt = np.linalg.svd(xc, full_matrices=False)
-        keep = sv > sv[0] * 1e-6 if sv.size and sv[0] > 0 else np.zeros(0, bool)
-        basis = np.concatenate([np.ones((1, self.n)), vt[:p][keep[:p]]], 0).T
-        self.q, _ = np.linalg.qr(basis)
-        self.spectral_rank = int(keep[:p].sum())
+        # the leading right singular vectors from the small C×C covariance (an N×C SVD or QR is far slower,
+        # worst when other processes hold the cores); they are orthogonal to the constant (xc is centred)
+        ev, u = np.linalg.eigh(xc @ xc.T)
+        ev, u = ev[::-1], u[:, ::-1]
+        keep = np.flatnonzero(ev[:p] > max(ev[0], 0.0) * 1e-12) if ev.size and ev[0] > 0 else np.zeros(0, int)
+        v = (u[:, keep].T @ xc) / np.sqrt(ev[keep])[:, None]  # (k, N), orthonormal rows
+        self.q = np.concatenate([np.full((1, self.n), 1.0 / math.sqrt(self.n)), v], 0).T
+        self.spectral_rank = int(keep.size)
 
     def degrade(self, kern: np.ndarray) -> np.ndarray:
         """(m, N): the MSI degraded with a k×k kernel at the sample pixels."""

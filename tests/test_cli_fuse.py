@@ -261,3 +261,20 @@ def test_json_has_one_schema_and_jsonl_streams_pairs(tmp_path):
                                 "--out-dir", str(tmp_path / "o"), "--model", "gsa", "--jsonl", "--keep-going"])
     rows = [json.loads(ln) for ln in lines.stdout.splitlines() if ln.strip()]
     assert lines.exit_code == 1 and [r["status"] for r in rows] == ["ok", "failed"]
+
+
+def test_panchromatic_msi_from_a_2d_mat_variable(tmp_path):
+    """Hyperspectral pansharpening: a named 2-D variable is a one-band MSI."""
+    from scipy.io import savemat
+
+    z = smooth_cube(8, 48, 48, seed=4)
+    lr = Psf.gaussian(3).apply(z)
+    pan = z.mean(0)
+    savemat(tmp_path / "pair.mat", {"HS": lr.transpose(1, 2, 0), "PAN": pan})
+    r = runner.invoke(app, ["fuse", str(tmp_path / "pair.mat"), str(tmp_path / "pair.mat"), "--lr-var", "HS",
+                            "--msi-var", "PAN", "-o", str(tmp_path / "out.tif"), "--model", "gsa", "--json"])
+    assert r.exit_code == 0, r.output
+    out = read_cube(tmp_path / "out.tif").data
+    assert out.shape == (8, 48, 48) and np.isfinite(out).all()
+    r = runner.invoke(app, ["info", str(tmp_path / "pair.mat")])  # without --var the cube is the only 3-D one
+    assert r.exit_code == 0

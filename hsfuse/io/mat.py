@@ -58,6 +58,8 @@ def _choose(path: Path, variables: list[tuple[str, tuple, str]], var: str | None
             raise UsageError(f"no variable '{var}' (3-D arrays: {', '.join(cubes) or 'none'}; all variables: {listing})", path)
         if var not in cubes:
             s, c = found[var]
+            if len(s) == 2 and c in CLASSES and min(s) > 1:
+                return var  # a named 2-D image: a one-band cube (a panchromatic MSI)
             raise UsageError(f"variable '{var}' is {'x'.join(map(str, s))} {c}, not a 3-D numeric array "
                              f"(3-D arrays: {', '.join(cubes) or 'none'})", path)
         return var
@@ -83,11 +85,15 @@ class Mat5Source(CubeSource):
 
         variables = [(n, tuple(s), c) for n, s, c in scipy.io.whosmat(str(path))]
         var = _choose(path, variables, var)
-        bands = dict((n, s) for n, s, _ in variables)[var][2]
-        wl_name = _wavelength_var(variables, bands)
+        shape = dict((n, s) for n, s, _ in variables)[var]
+        bands = shape[2] if len(shape) == 3 else 1
+        wl_name = _wavelength_var(variables, bands) if bands > 1 else None
         names = [var] + ([wl_name] if wl_name else [])
         loaded = scipy.io.loadmat(str(path), variable_names=names, squeeze_me=False)
-        self._data = loaded[var].transpose(2, 0, 1)  # (H, W, C) -> (C, H, W), a view
+        arr = loaded[var]
+        if arr.ndim == 2:  # one band (a panchromatic image)
+            arr = arr[:, :, None]
+        self._data = arr.transpose(2, 0, 1)  # (H, W, C) -> (C, H, W), a view
         self.files = [path]
         dtype = self._data.dtype.newbyteorder("=")  # files from big-endian machines load as such
         meta = CubeMeta(
@@ -134,18 +140,24 @@ class Mat73Source(CubeSource):
             dtype = ds.dtype.newbyteorder("=")
             if dtype not in CLASS_OF:
                 raise FormatError(f"variable '{var}' has unsupported type {ds.dtype}", path)
-            wl_name = _wavelength_var(variables, ds.shape[0])
+            flat = ds.ndim == 2  # one band (a panchromatic image): MATLAB (H, W) stored as (W, H)
+            wl_name = None if flat else _wavelength_var(variables, ds.shape[0])
             wl = to_nm(np.ravel(self._file[wl_name][()]), None) if wl_name else None
         except BaseException:
             self._file.close()
             raise
         self._ds = ds  # (C, W, H): MATLAB's (H, W, C) with axes reversed
+        self._flat = flat
         self.files = [path]
         meta = CubeMeta(wavelengths=wl, source={"format": "mat", "var": var, "version": "7.3", "dtype": dtype.name})
-        super().__init__(path, (ds.shape[0], ds.shape[2], ds.shape[1]), dtype, meta)
+        shape = (1, ds.shape[1], ds.shape[0]) if flat else (ds.shape[0], ds.shape[2], ds.shape[1])
+        super().__init__(path, shape, dtype, meta)
 
     def _read_raw(self, window: Window, bands: np.ndarray | None) -> np.ndarray:
         rs, cs = window.slices
+        if self._flat:
+            block = self._ds[cs, rs][None]
+            return np.ascontiguousarray(block.transpose(0, 2, 1), dtype=self.dtype)
         if bands is None:
             block = self._ds[:, cs, rs]
         else:
