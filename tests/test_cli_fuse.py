@@ -278,3 +278,20 @@ def test_panchromatic_msi_from_a_2d_mat_variable(tmp_path):
     assert out.shape == (8, 48, 48) and np.isfinite(out).all()
     r = runner.invoke(app, ["info", str(tmp_path / "pair.mat")])  # without --var the cube is the only 3-D one
     assert r.exit_code == 0
+
+
+def test_lr_header_fields_reach_the_fused_envi_file(tmp_path):
+    _, lr_path, msi_path, _, _ = _make_pair(tmp_path)
+    hdr = lr_path.with_suffix(".hdr")
+    irr = "{" + ", ".join(str(1500 + i) for i in range(8)) + "}"
+    hdr.write_text(hdr.read_text() + f"sensor type = AVIRIS-NG\nacquisition time = 2024-06-01T10:00:00Z\n"
+                   f"solar irradiance = {irr}\ndata gain values = {{{', '.join(['2'] * 8)}}}\n")
+    r = runner.invoke(app, ["fuse", str(lr_path), str(msi_path), "-o", str(tmp_path / "f.hdr"), "--model", "gsa", "-q"])
+    assert r.exit_code == 0, r.output
+    text = (tmp_path / "f.hdr").read_text()
+    assert "sensor type = AVIRIS-NG" in text and "acquisition time = 2024-06-01T10:00:00Z" in text
+    assert "solar irradiance = {1500" in text and "data gain values" not in text  # raw encoding: not carried
+    assert "data ignore value = NaN" in text
+    import spectral.io.envi as spy_envi
+
+    assert spy_envi.read_envi_header(str(tmp_path / "f.hdr"))["sensor type"] == "AVIRIS-NG"

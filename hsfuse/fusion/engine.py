@@ -403,8 +403,22 @@ def output_meta(lr: CubeSource, msi: CubeSource, plan: FusePlan) -> CubeMeta:
         bad_bands=None if m.bad_bands is None else np.array(m.bad_bands),
         description=(f"hsfuse {plan.model.name} x{plan.scale} fusion of {lr.path.name} and {msi.path.name}; "
                      f"PSF {plan.psf_source}; SRF {plan.srf_source}"),
-        source={"interleave": m.source.get("interleave", "bsq")} if m.source.get("format") == "envi" else {},
+        source=_carried_source(m, lr.bands),
     )
+
+
+#: LR header fields that describe the LR's raw encoding or its grid: not true of the fused output
+_NOT_CARRIED = {"data gain values", "data offset values", "x start", "y start", "pixel size", "geo points",
+                "rpc info", "default stretch", "header offset"}
+
+
+def _carried_source(m: CubeMeta, bands: int) -> dict:
+    """What of the LR file's own metadata the fused file keeps: an ENVI header's other fields (sensor type,
+    acquisition time, solar irradiance, ...) and its interleave."""
+    if m.source.get("format") != "envi":
+        return {}
+    header = {k: v for k, v in (m.source.get("header") or {}).items() if k.lower() not in _NOT_CARRIED}
+    return {"format": "envi", "interleave": m.source.get("interleave", "bsq"), "bands": bands, "header": header}
 
 
 class _Prepared:

@@ -347,6 +347,8 @@ class EnviWriter(CubeWriter):
             lines.append(f"hsfuse offset = {_fmt(m.offset)}")
         if m.nodata is not None and math.isfinite(m.nodata):
             lines.append(f"data ignore value = {_fmt(m.nodata)}")
+        elif m.nodata is not None and math.isnan(m.nodata) and self.dtype.kind == "f":
+            lines.append("data ignore value = NaN")  # declared, as GDAL and ENVI read it
         if m.georef is not None:
             mi, css = _map_info(m.georef, self.path)
             if mi:
