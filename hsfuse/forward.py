@@ -53,6 +53,8 @@ __all__ = ["ForwardModel", "PairEstimate", "estimate_pair", "RESIDUAL_POOR", "RE
 
 #: above this relative residual the pair follows the linear model only loosely: a warning
 RESIDUAL_POOR = 0.08
+#: below this forward-model residual the inputs agree too well for their "noise" to be observation noise
+RESIDUAL_NOISY = 0.005
 #: above this the MSI does not explain the LR at all (another scene, grossly misregistered): an error
 RESIDUAL_FAIL = 0.45
 #: a preset is taken as the forward model when its residual is within this factor of the best fit
@@ -677,12 +679,33 @@ def resolve_forward_model(cfg, scale: int, lr_src, msi_src, notify=None) -> Forw
     if dmode != "off":
         noise = noise_from_sources(lr_src, msi_src, scale)
         denoise = (True, True) if dmode == "on" else noise.noisy()
+        if dmode == "auto" and any(denoise):
+            # noise of the *observations* makes the two inputs disagree through the forward model; "noise"
+            # that both inputs share (fine texture, or a simulated pair whose reference is itself noisy) does
+            # not, and filtering it would remove scene content: then nothing is denoised
+            res = est.residual if est is not None else _model_residual(lr_src, msi_src, scale, psf, srf)
+            if res is not None and res < RESIDUAL_NOISY:
+                denoise = (False, False)
+                if notify:
+                    notify(f"the inputs look noisy (estimated SNR: LR {noise.lr_snr_db:.0f} dB, MSI "
+                           f"{noise.msi_snr_db:.0f} dB) but agree with each other to {res:.2g}: that is scene "
+                           "content, not observation noise; not denoised (--denoise on forces it)")
         if notify and any(denoise):
             what = " and ".join(n for n, d in zip(("LR-HSI", "MSI"), denoise) if d)
             notify(f"noisy inputs (estimated SNR: LR {noise.lr_snr_db:.0f} dB, MSI {noise.msi_snr_db:.0f} dB): "
                    f"denoising the {what} first (--denoise off skips it)")
     return ForwardModel(psf=psf, psf_source=psf_source, srf=srf, srf_source=srf_source, exact=exact,
                         protocol=protocol, estimate=est, noise=noise, denoise=denoise)
+
+
+def _model_residual(lr_src, msi_src, scale: int, psf: Psf | None, srf: np.ndarray | None) -> float | None:
+    """The forward-model residual of a pair under a given PSF and SRF (None when either is unknown)."""
+    if psf is None or srf is None:
+        return None
+    try:
+        return estimate_from_sources(lr_src, msi_src, scale, psf=psf, srf=srf).residual
+    except (InputError, UsageError):
+        return None
 
 
 def psf_distance(a: Psf, b: Psf) -> float:
