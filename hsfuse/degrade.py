@@ -158,6 +158,45 @@ def spatial_degrade(z: np.ndarray, psf: Psf) -> np.ndarray:
     return out.numpy()
 
 
+def _border_index_t(idx, n: int, border: str):
+    """Indices into [0, n) for ``border`` (as ``_pad_mode``), and a validity mask for 'zero' (torch)."""
+    import torch
+
+    if border == "reflect":  # symmetric half-sample mirror, np.pad(mode='symmetric')
+        m = torch.remainder(idx, 2 * n)
+        return torch.where(m < n, m, 2 * n - 1 - m), None
+    if border == "edge":
+        return idx.clamp(0, n - 1), None
+    if border == "wrap":
+        return torch.remainder(idx, n), None
+    if border == "zero":
+        return idx.clamp(0, n - 1), (idx >= 0) & (idx < n)
+    raise ValueError(f"unknown border {border!r}")
+
+
+def spatial_degrade_t(z, psf: Psf):
+    """The torch twin of ``spatial_degrade`` on (..., C, H, W) tensors: same maths, every border rule,
+    differentiable, any device. The one torch degradation of hsfuse (fusers, consistency, training);
+    ``tests/test_degrade.py`` checks it against the numpy one for every border and phase.
+    H and W that are not multiples of the scale are floor-divided (the trailing pixels are not used).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    *lead, c, h, w = z.shape
+    s, k, p = psf.scale, psf.size, psf.pad
+    ho, wo = h // s, w // s
+    dev = z.device
+    ri, rv = _border_index_t(torch.arange(-p, s * (ho - 1) + k - p, device=dev), h, psf.border)
+    ci, cv = _border_index_t(torch.arange(-p, s * (wo - 1) + k - p, device=dev), w, psf.border)
+    x = z.reshape(-1, 1, h, w).index_select(2, ri).index_select(3, ci)
+    if rv is not None:
+        x = x * (rv[:, None] & cv[None, :]).to(x.dtype)
+    ker = torch.as_tensor(psf.kernel, dtype=z.dtype, device=dev).view(1, 1, k, k)
+    out = F.conv2d(x, ker, stride=s)[:, 0, :ho, :wo]
+    return out.reshape(*lead, c, ho, wo)
+
+
 # ---------------------------------------------------------------------------
 # Building PSFs from user options, cropping, noise, the whole forward model
 # ---------------------------------------------------------------------------

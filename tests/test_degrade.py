@@ -231,3 +231,21 @@ def test_psf_rescaled_bins_the_kernel_to_the_smaller_footprint():
     assert Psf.box(8).rescaled(8) is not None
     with pytest.raises(ValueError, match="divide"):
         Psf.box(8).rescaled(3)
+
+
+@pytest.mark.parametrize("border", ["reflect", "edge", "wrap", "zero"])
+@pytest.mark.parametrize("pad", [None, 0, 5, -1])
+def test_the_torch_degradation_equals_the_numpy_one(border, pad):
+    """One torch degradation (fusers, LR consistency, training) and one numpy one: equal for every border
+    and sampling phase, on batched inputs too."""
+    import torch
+
+    from hsfuse.degrade import gaussian_kernel, spatial_degrade, spatial_degrade_t
+
+    rng = np.random.default_rng(1)
+    z = rng.random((2, 3, 24, 20))
+    psf = Psf(gaussian_kernel(9, 1.5), 4, pad=pad, border=border)
+    want = np.stack([spatial_degrade(b, psf) for b in z])
+    got = spatial_degrade_t(torch.from_numpy(z), psf).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-12)
+    np.testing.assert_allclose(spatial_degrade_t(torch.from_numpy(z[0]), psf).numpy(), want[0], atol=1e-12)

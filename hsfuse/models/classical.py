@@ -55,36 +55,11 @@ def _dtype(precision: str):
     return torch.float64 if precision in ("fp64", "float64") else torch.float32
 
 
-def _pad_index(n: int, before: int, after: int, border: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """Index map implementing hsfuse.degrade border rules along one axis (and a validity mask for 'zero')."""
-    idx = np.arange(n)
-    if border == "zero":
-        full = np.pad(idx, (before, after), mode="constant", constant_values=-1)
-        return np.clip(full, 0, n - 1), full >= 0
-    mode = {"reflect": "symmetric", "edge": "edge", "wrap": "wrap"}[border]
-    return np.pad(idx, (before, after), mode=mode), None
-
-
 def degrade_t(x, psf: Psf):
-    """torch version of ``hsfuse.degrade.spatial_degrade`` for a (C, H, W) tensor (same maths, any device)."""
-    torch = _torch()
-    c, h, w = x.shape
-    s, k, p = psf.scale, psf.size, psf.pad
-    ho, wo = h // s, w // s
-    before = max(p, 0)
-    after_h = max(s * (ho - 1) + k - p - h, 0)
-    after_w = max(s * (wo - 1) + k - p - w, 0)
-    if before or after_h or after_w:
-        ih, mh = _pad_index(h, before, after_h, psf.border)
-        iw, mw = _pad_index(w, before, after_w, psf.border)
-        x = x[:, torch.as_tensor(ih, device=x.device)][:, :, torch.as_tensor(iw, device=x.device)]
-        if mh is not None:
-            m = torch.as_tensor(np.outer(mh, mw), device=x.device, dtype=x.dtype)
-            x = x * m
-    off = before - p
-    ker = torch.as_tensor(psf.kernel, dtype=x.dtype, device=x.device).view(1, 1, k, k)
-    out = torch.nn.functional.conv2d(x[:, None, off:, off:], ker, stride=s)
-    return out[:, 0, :ho, :wo]
+    """``hsfuse.degrade.spatial_degrade_t`` (the one torch degradation), kept under its old name here."""
+    from ..degrade import spatial_degrade_t
+
+    return spatial_degrade_t(x, psf)
 
 
 def upsample_t(x, s: int):

@@ -144,40 +144,14 @@ DEFAULT_PROGRESSIVE = ((0, 64), (100_000, 96), (200_000, 128))
 # ----------------------------------------------------------------------------- forward model in torch
 
 
-def _border_index(idx: torch.Tensor, n: int, border: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Indices into [0, n) for ``border`` (as hsfuse.degrade), and a validity mask for 'zero'."""
-    if border == "reflect":  # symmetric half-sample mirror, np.pad(mode='symmetric')
-        m = torch.remainder(idx, 2 * n)
-        return torch.where(m < n, m, 2 * n - 1 - m), None
-    if border == "edge":
-        return idx.clamp(0, n - 1), None
-    if border == "wrap":
-        return torch.remainder(idx, n), None
-    if border == "zero":
-        valid = (idx >= 0) & (idx < n)
-        return idx.clamp(0, n - 1), valid
-    raise ValueError(f"unknown border {border!r}")
-
-
 def torch_spatial_degrade(z: torch.Tensor, psf: Psf) -> torch.Tensor:
-    """Differentiable twin of ``hsfuse.degrade.spatial_degrade`` on (..., C, H, W) tensors.
+    """``hsfuse.degrade.spatial_degrade_t`` (the one torch degradation); sizes must be multiples of the scale."""
+    from ..degrade import spatial_degrade_t
 
-    LR[c, i, j] = Σ_{a,b} K[a, b] · Z[c, s·i + a − p, s·j + b − p] with the PSF's border rule.
-    """
-    *lead, c, h, w = z.shape
-    s, k, p = psf.scale, psf.size, psf.pad
-    if h % s or w % s:
-        raise ValueError(f"image size {h}x{w} is not a multiple of the scale {s}")
-    ho, wo = h // s, w // s
-    dev = z.device
-    ri, rv = _border_index(torch.arange(-p, s * (ho - 1) + k - p, device=dev), h, psf.border)
-    ci, cv = _border_index(torch.arange(-p, s * (wo - 1) + k - p, device=dev), w, psf.border)
-    x = z.reshape(-1, 1, h, w).index_select(2, ri).index_select(3, ci)
-    if rv is not None:
-        x = x * (rv[:, None] & cv[None, :]).to(x.dtype)
-    ker = torch.as_tensor(psf.kernel, dtype=z.dtype, device=dev).view(1, 1, k, k)
-    out = F.conv2d(x, ker, stride=s)[:, 0, :ho, :wo]
-    return out.reshape(*lead, c, ho, wo)
+    h, w = z.shape[-2:]
+    if h % psf.scale or w % psf.scale:
+        raise ValueError(f"image size {h}x{w} is not a multiple of the scale {psf.scale}")
+    return spatial_degrade_t(z, psf)
 
 
 def torch_apply_srf(z: torch.Tensor, srf) -> torch.Tensor:

@@ -86,29 +86,11 @@ __all__ = ["UMSFT", "build_net", "torch_degrade", "torch_upsample"]
 # --------------------------------------------------------------------------- torch forward model
 
 
-def _mirror_index(n: int, before: int, after: int, border: str) -> np.ndarray:
-    mode = {"reflect": "symmetric", "edge": "edge", "wrap": "wrap", "zero": "edge"}[border]
-    return np.pad(np.arange(n), (before, after), mode=mode)
-
-
 def torch_degrade(x, psf: Psf):
-    """``hsfuse.degrade.spatial_degrade`` for a (B, C, H, W) tensor (differentiable; 'zero' border as 'edge')."""
-    import torch
-    import torch.nn.functional as F
+    """``hsfuse.degrade.spatial_degrade_t`` on (B, C, H, W) (the one torch degradation; every border rule)."""
+    from ..degrade import spatial_degrade_t
 
-    b, c, h, w = x.shape
-    s, k, p = psf.scale, psf.size, psf.pad
-    ho, wo = h // s, w // s
-    before = max(p, 0)
-    ah, aw = max(s * (ho - 1) + k - p - h, 0), max(s * (wo - 1) + k - p - w, 0)
-    if before or ah or aw:
-        ih = torch.as_tensor(_mirror_index(h, before, ah, psf.border), device=x.device)
-        iw = torch.as_tensor(_mirror_index(w, before, aw, psf.border), device=x.device)
-        x = x.index_select(2, ih).index_select(3, iw)
-    off = before - p
-    ker = torch.as_tensor(psf.kernel, dtype=x.dtype, device=x.device).view(1, 1, k, k)
-    out = F.conv2d(x[:, :, off:, off:].reshape(b * c, 1, x.shape[2] - off, x.shape[3] - off), ker, stride=s)
-    return out[:, 0, :ho, :wo].reshape(b, c, ho, wo)
+    return spatial_degrade_t(x, psf)
 
 
 def torch_upsample(x, s: int):

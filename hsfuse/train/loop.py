@@ -452,7 +452,9 @@ def train(cfg: TrainConfig, progress: bool = False, scenes: Sequence | None = No
     if progress and dist_info.main:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        from ..cli.common import err
+        from rich.console import Console
+
+        err = Console(stderr=True, highlight=False)  # the library never imports the CLI
 
         bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                        TimeRemainingColumn(), console=err, transient=False)
