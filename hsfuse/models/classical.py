@@ -63,12 +63,10 @@ def degrade_t(x, psf: Psf):
 
 
 def upsample_t(x, s: int):
-    """Bicubic ×s of a (C, h, w) tensor, align_corners=False (LR centre i ↔ HR s·i+(s−1)/2)."""
-    torch = _torch()
-    if s == 1:
-        return x.clone()
-    c, h, w = x.shape
-    return torch.nn.functional.interpolate(x[None], size=(h * s, w * s), mode="bicubic", align_corners=False)[0]
+    """``hsfuse.models.common.upsample`` (the one bicubic of the fusers), kept under its old name here."""
+    from .common import upsample
+
+    return upsample(x, s)
 
 
 # --------------------------------------------------------------------------- shared pieces

@@ -1,8 +1,27 @@
-"""Small pieces every fusion network shares: input checks and the residual base."""
+"""Small pieces every fusion network shares: input checks, the residual base, precision, bicubic."""
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
+
+
+def autocast(device: str, precision: str):
+    """bf16/fp16 autocast on CUDA; CPU always runs fp32 (a no-op context)."""
+    if str(device).startswith("cuda") and precision in ("bf16", "fp16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    return contextlib.nullcontext()
+
+
+def upsample(x: torch.Tensor, s: int) -> torch.Tensor:
+    """Bicubic ×s of (..., C, h, w), align_corners=False (LR centre i ↔ HR s·i + (s − 1)/2)."""
+    if s == 1:
+        return x.clone()
+    lead, (c, h, w) = x.shape[:-3], x.shape[-3:]
+    y = torch.nn.functional.interpolate(x.reshape(-1, c, h, w), size=(h * s, w * s), mode="bicubic",
+                                        align_corners=False)
+    return y.reshape(*lead, c, h * s, w * s)
 
 
 def check_inputs(lr: torch.Tensor, msi: torch.Tensor, bands: int, msi_bands: int) -> int:

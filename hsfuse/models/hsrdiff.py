@@ -386,11 +386,9 @@ def count_parameters(net: nn.Module) -> int:
 
 
 def _autocast(device: str, precision: str):
-    import contextlib
+    from .common import autocast
 
-    if str(device).startswith("cuda") and precision in ("bf16", "fp16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-    return contextlib.nullcontext()
+    return autocast(device, precision)
 
 
 class HSRDiffFuser(Fuser):

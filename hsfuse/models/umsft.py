@@ -94,12 +94,10 @@ def torch_degrade(x, psf: Psf):
 
 
 def torch_upsample(x, s: int):
-    """Bicubic ×s, align_corners=False (LR centre i ↔ HR s·i + (s−1)/2), for (B, C, h, w)."""
-    import torch.nn.functional as F
+    """``hsfuse.models.common.upsample`` for (B, C, h, w)."""
+    from .common import upsample
 
-    if s == 1:
-        return x
-    return F.interpolate(x, scale_factor=s, mode="bicubic", align_corners=False)
+    return upsample(x, s) if s != 1 else x
 
 
 # --------------------------------------------------------------------------- the network

@@ -66,11 +66,9 @@ build_from_record = build_network
 
 
 def _autocast(device: str, precision: str):
-    import torch
+    from .common import autocast
 
-    if str(device).startswith("cuda") and precision in ("bf16", "fp16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-    return contextlib.nullcontext()
+    return autocast(device, precision)
 
 
 def _weights_for_scale(model: str, scale: int) -> Path:

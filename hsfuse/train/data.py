@@ -294,10 +294,10 @@ def gsa_prior(lr: np.ndarray, msi: np.ndarray, fm: ForwardModel) -> np.ndarray:
 
 def bicubic(lr: np.ndarray, scale: int) -> np.ndarray:
     import torch
-    import torch.nn.functional as F
 
-    t = torch.from_numpy(np.ascontiguousarray(lr, np.float32))[None]
-    return F.interpolate(t, scale_factor=scale, mode="bicubic", align_corners=False)[0].numpy()
+    from ..models.common import upsample
+
+    return upsample(torch.from_numpy(np.ascontiguousarray(lr, np.float32)), scale).numpy()
 
 
 @dataclass

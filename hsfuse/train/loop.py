@@ -142,13 +142,10 @@ def _bundle_cls():
 
 
 def resolve_device(name: str) -> str:
-    import torch
+    """The engine's rule (one home): auto | cpu | cuda[:N]."""
+    from ..fusion.engine import resolve_device as engine_resolve
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("device 'cuda' requested but CUDA is not available")
-    return name
+    return engine_resolve(name)
 
 
 def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
@@ -237,13 +234,9 @@ def predict_scene(net, lr: np.ndarray, msi: np.ndarray, prior: np.ndarray | None
 
 
 def _autocast(device: str, precision: str = "bf16"):
-    import contextlib
+    from ..models.common import autocast
 
-    import torch
-
-    if device.startswith("cuda") and precision in ("bf16", "fp16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-    return contextlib.nullcontext()
+    return autocast(device, precision)
 
 
 # ----------------------------------------------------------------------------- the run
