@@ -118,7 +118,9 @@ def describe(path: str | Path, fmt: str | None = None, var: str | None = None, s
             "variable": m.source.get("var"),
             "wavelengths": None if wl is None else {
                 "count": int(len(wl)), "min_nm": float(np.min(wl)), "max_nm": float(np.max(wl)),
-                "step_nm": float(np.median(np.diff(wl))) if len(wl) > 1 else None},
+                # a step only for increasing, evenly spread bands (an RGB file lists R, G, B: no step)
+                "step_nm": (float(np.median(np.diff(wl))) if len(wl) > 2 and np.all(np.diff(wl) > 0)
+                            and np.ptp(np.diff(wl)) <= 0.25 * np.median(np.diff(wl)) else None)},
             "fwhm": m.fwhm is not None,
             "nodata": m.nodata,
             "scale": m.scale,

@@ -21,8 +21,9 @@ from rich.console import Console
 
 from ..errors import EXIT_INTERRUPTED, HsfuseError
 
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+# piped output is read by programs and people with wide terminals: do not wrap it at 80 columns
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
 @contextlib.contextmanager

@@ -45,7 +45,7 @@ def estimate(
 
     $ hsfuse fuse lr.tif msi.tif --model umsft --psf est.json --srf est.json -o fused.tif
 
-    $ hsfuse estimate paris.mat paris.mat --lr-var HSim --msi-var MSim --scale 3 --json
+    $ hsfuse estimate paris_pan.mat paris_pan.mat --lr-var HSim --msi-var PCim --json
     """
     with guard():
         import numpy as np

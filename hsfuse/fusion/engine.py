@@ -322,6 +322,11 @@ def choose_model(lr: CubeSource, msi: CubeSource, scale: int, srf: np.ndarray | 
             shown = "not recorded" if gain is None else f"{gain:+.2f} dB"
             why += f"; the largest validation gain over gsa at x{scale} ({shown}) of {len(fits)} fitting weights"
         return entry, path, why
+    grouped: dict[str, list[str]] = {}  # one line per distinct reason, naming every model it applies to
+    for r in reasons:
+        who, _, why = r.partition(" not used: ")
+        grouped.setdefault(why, []).append(who)
+    reasons = [f"{', '.join(who)} not used: {why}" for why, who in grouped.items()]
     tail = f" ({'; '.join(reasons)})" if reasons else ""
     return get_model("gsa"), None, f"no pretrained model fits these inputs{tail}; using classical detail injection 'gsa'"
 
