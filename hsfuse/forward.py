@@ -56,7 +56,7 @@ RESIDUAL_POOR = 0.08
 #: below this forward-model residual the inputs agree too well for their "noise" to be observation noise
 RESIDUAL_NOISY = 0.005
 #: above this the MSI does not explain the LR at all (another scene, grossly misregistered): an error
-RESIDUAL_FAIL = 0.45
+RESIDUAL_FAIL = 0.7
 #: a preset is taken as the forward model when its residual is within this factor of the best fit
 SNAP_TOLERANCE = 1.04
 #: the free kernel replaces the Gaussian only if its held-out residual is below this factor of the Gaussian's
@@ -465,7 +465,7 @@ def estimate_pair(lr: np.ndarray, msi_ext: np.ndarray, scale: int, *, halo: int 
             cands["gaussian (held-out)"] = held_g
             if held_f < FREE_KERNEL_GAIN * held_g and held_g - held_f > 2e-3:
                 best = ("free kernel", None, sample.residual(sample.degrade(fkern), srf), fkern)
-        if presets:
+        if presets and best[2] <= RESIDUAL_POOR:  # a preset is only recognised in a pair that follows the model
             seen = set()
             for name, ppsf, _ in preset_forward_models(s, c, m):
                 if _psf_key(ppsf) in seen:

@@ -295,3 +295,23 @@ def test_lr_header_fields_reach_the_fused_envi_file(tmp_path):
     import spectral.io.envi as spy_envi
 
     assert spy_envi.read_envi_header(str(tmp_path / "f.hdr"))["sensor type"] == "AVIRIS-NG"
+
+
+def test_negative_outputs_are_clipped_when_the_lr_has_none(tmp_path):
+    """Detail injection can undershoot at sharp edges; a physical (non-negative) LR-HSI gives a non-negative
+    output by default, and says how many values it changed."""
+    rng = np.random.default_rng(0)
+    z = smooth_cube(8, 64, 64, seed=3)
+    z[:, 20:40, 20:40] *= 0.01  # a dark square with sharp edges
+    lr, msi = Psf.gaussian(4).apply(z), (z[:3] + z[-3:]) / 2 + 0.02 * rng.standard_normal((3, 64, 64))
+    write_cube(tmp_path / "lr.tif", np.maximum(lr, 0), CubeMeta(wavelengths=np.linspace(450, 900, 8)))
+    write_cube(tmp_path / "msi.tif", msi.astype(np.float32), CubeMeta())
+    args = ["fuse", str(tmp_path / "lr.tif"), str(tmp_path / "msi.tif"), "--model", "gsa", "--estimate", "off",
+            "--denoise", "off", "--json"]
+    off = runner.invoke(app, args + ["-o", str(tmp_path / "off.tif"), "--clip", "off"])
+    auto = runner.invoke(app, args + ["-o", str(tmp_path / "auto.tif")])
+    assert off.exit_code == 0 and auto.exit_code == 0, auto.output
+    a, o = read_cube(tmp_path / "auto.tif").data, read_cube(tmp_path / "off.tif").data
+    assert (o < 0).any() and a.min() >= 0
+    assert json.loads(auto.stdout)["plan"]["clip"]["clipped"] == int((o < 0).sum())
+    np.testing.assert_array_equal(a, np.maximum(o, 0))

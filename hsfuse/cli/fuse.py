@@ -140,6 +140,8 @@ def fuse(
                                                  "(reusable as --psf FILE --srf FILE)."),
     denoise: str = typer.Option("auto", "--denoise", help="auto (denoise an input whose estimated SNR is below "
                                 "36 dB), on, or off."),
+    clip: str = typer.Option("auto", "--clip", help="auto: negative output values become 0 when the LR-HSI has "
+                             "none (physical radiance/reflectance); off keeps them."),
     force: bool = typer.Option(False, "--force", help="Fuse even when the estimate says the MSI does not match the LR."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16 (GPU only)."),
@@ -200,7 +202,7 @@ def fuse(
         cfg = FuseConfig(model=model, tile=tile, overlap=overlap, device=device, precision=precision,
                          psf=psf, sigma=sigma, psf_form=psf_form, srf=srf, protocol=protocol,
                          options=_parse_options(option), estimate="off" if mode == "off" else "auto", force=force,
-                         denoise=denoise.strip().lower())
+                         denoise=denoise.strip().lower(), clip=clip.strip().lower())
         lr_opts = {"var": lr_var} if lr_var else {}
         msi_opts = {"var": msi_var} if msi_var else {}
 

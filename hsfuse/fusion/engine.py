@@ -55,6 +55,7 @@ class FuseConfig:
     estimate: Any = "auto"
     force: bool = False  # fuse even when the estimate says the MSI does not match the LR
     denoise: str = "auto"  # auto: denoise an input whose estimated SNR is low (hsfuse.denoise); on | off
+    clip: str = "auto"  # auto: negative output values become 0 when the LR-HSI has none (radiance, reflectance)
 
 
 @dataclass
@@ -77,6 +78,7 @@ class FusePlan:
     srf: np.ndarray | None
     srf_source: str
     forward: Any = None  # hsfuse.forward.ForwardModel: the one resolved forward model
+    clip: dict = field(default_factory=dict)  # {"min": value or None, "clipped": pixels changed}
 
     @property
     def n_tiles(self) -> int:
@@ -94,6 +96,7 @@ class FusePlan:
                     "source": self.psf_source},
             "srf": {"source": self.srf_source, "shape": None if self.srf is None else list(self.srf.shape)},
             "forward_model": None if self.forward is None else self.forward.describe(),
+            "clip": dict(self.clip),
         }
 
 
@@ -368,6 +371,16 @@ def make_plan(lr: CubeSource, msi: CubeSource, cfg: FuseConfig, notify: Callable
             weights, why = select_weights(entry, lr, msi, scale)
             if weights is None:
                 raise ModelError(f"model '{entry.name}' cannot take these inputs: {why}", lr.path)
+        if weights is not None and notify:  # asked for by name: allowed, but not silently off its training
+            from ..weights import read_record
+
+            try:
+                rec = read_record(weights)
+                off = _psf_mismatch(rec, psf, fm.protocol) or _srf_mismatch(rec, srf, fm.protocol, lr.meta.wavelengths)
+            except HsfuseError:
+                off = None
+            if off:
+                notify(f"warning: '{entry.name}' runs outside what it was trained on: {off}")
     if srf is None and entry.needs_srf:
         srf_source = "estimated from the inputs by least squares"
     if cfg.tile < 1:
@@ -502,6 +515,7 @@ def stream_tiles(plan: FusePlan, fuser: Fuser, prep: _Prepared, msi: CubeSource,
     C, H, W = plan.out_shape
     lr_src = ArraySource(prep.lr)
     lr_valid = prep.lr_valid
+    clip_min = plan.clip.get("min")
     vcarry = None
     total, done = plan.n_tiles, 0
     for R in plan.row_spans:
@@ -546,6 +560,11 @@ def stream_tiles(plan: FusePlan, fuser: Fuser, prep: _Prepared, msi: CubeSource,
             if bad.any():
                 region = region.copy()
                 region[:, bad] = np.nan
+            if clip_min is not None:
+                low = region < clip_min
+                if low.any():
+                    region = np.where(low, np.float32(clip_min), region)
+                    plan.clip["clipped"] = plan.clip.get("clipped", 0) + int(low.sum())
             sink.write(region, Window(R.e0 * s, Cs.e0 * s, region.shape[1], region.shape[2]))
             if next_vcarry is not None:
                 next_vcarry[:, :, Cs.e0 * s: fc1 * s] += pred[:, (fr1 - R.e0) * s:, lc0:lc1]
@@ -593,7 +612,16 @@ def run(lr: CubeSource, msi: CubeSource, cfg: FuseConfig, sink_factory: Callable
         try:
             with sink:
                 prep = prepare(lr, msi, fuser, plan, progress)
+                mode = str(cfg.clip).lower()
+                if mode not in ("auto", "off"):
+                    raise UsageError(f"clip must be auto or off, got {cfg.clip!r}")
+                nonneg = mode == "auto" and bool(np.all(prep.lr[:, prep.lr_valid] >= 0))
+                plan.clip = {"min": 0.0 if nonneg else None, "clipped": 0}
                 stream_tiles(plan, fuser, prep, msi, sink, progress)
+            if plan.clip.get("clipped") and notify:
+                n = plan.clip["clipped"]
+                notify(f"{n} output values below 0 set to 0 ({n / max(1, np.prod(plan.out_shape)):.2%}; the LR-HSI "
+                       "has no negative values; --clip off keeps them)")
             return plan, fuser, sink
         except BaseException as e:
             if plan.device != "cpu" and _is_cuda_oom(e) and plan.tile_lr > 1:
