@@ -511,7 +511,10 @@ def load_estimate(path: str | Path) -> tuple[Psf, np.ndarray]:
 def plot_estimate(path: str | Path, est: BlindEstimate, lr_wavelengths: np.ndarray | None = None,
                   msi_band_names: list[str] | None = None) -> Path:
     """PNG with the kernel image (and its Gaussian fit σ) and the SRF curves (matplotlib Agg)."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise UsageError("--plot needs matplotlib: pip install 'hsfuse[plot]' (or matplotlib)") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

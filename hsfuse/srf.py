@@ -131,27 +131,24 @@ def _gaussian_curves(spec) -> Callable[[], tuple]:
     return build
 
 
-def _colour_camera(key: str) -> Callable[[], tuple]:
+DATA = Path(__file__).resolve().parent / "data"  # small published tables shipped as package data
+
+
+def _table(file: str, names: dict[str, str]) -> Callable[[], tuple]:
+    """A shipped CSV table (wavelength_nm, then one column per band; hsfuse/data/README.md gives sources)."""
     def build():
-        try:
-            import colour
-        except ImportError as e:  # colour-science is an optional dependency
-            raise UsageError(f"built-in SRF '{key}' needs colour-science (pip install colour-science)") from e
-        msds = colour.MSDS_CAMERA_SENSITIVITIES[key]
-        names = {"red": "R", "green": "G", "blue": "B"}
-        return (np.asarray(msds.wavelengths, float), np.asarray(msds.values, float).T,
-                [names.get(lbl, lbl) for lbl in msds.labels], None, None)
+        path = DATA / file
+        if not path.is_file():
+            raise InputError("built-in SRF table missing from this installation (reinstall hsfuse)", path)
+        head = path.read_text().splitlines()[0].split(",")
+        arr = np.loadtxt(path, delimiter=",", skiprows=1)
+        return arr[:, 0], arr[:, 1:].T, [names.get(lbl, lbl) for lbl in head[1:]], None, None
 
     return build
 
 
-def _cie1931() -> tuple:
-    try:
-        import colour
-    except ImportError as e:
-        raise UsageError("built-in SRF 'cie1931' needs colour-science (pip install colour-science)") from e
-    cmfs = colour.MSDS_CMFS["CIE 1931 2 Degree Standard Observer"]
-    return np.asarray(cmfs.wavelengths, float), np.asarray(cmfs.values, float).T, ["X", "Y", "Z"], None, None
+_RGB = {"red": "R", "green": "G", "blue": "B"}
+_XYZ = {"x_bar": "X", "y_bar": "Y", "z_bar": "Z"}
 
 
 _REGISTRY: dict[str, BuiltinSrf] = {}
@@ -163,17 +160,17 @@ def _register(b: BuiltinSrf) -> None:
 
 _register(BuiltinSrf(
     "nikon-5100", "Nikon D5100 RGB camera sensitivities (R, G, B), 380-780 nm at 5 nm",
-    "colour-science colour.MSDS_CAMERA_SENSITIVITIES['Nikon 5100 (NPL)'] (measured at NPL; Darrodi et al., "
+    "hsfuse/data/nikon-5100.csv, from colour-science MSDS_CAMERA_SENSITIVITIES['Nikon 5100 (NPL)'] (measured at NPL; Darrodi et al., "
     "'Reference data set for camera spectral sensitivity estimation', JOSA A 32(3), 2015)",
-    _colour_camera("Nikon 5100 (NPL)"), aliases=("nikon 5100 (npl)",)))
+    _table("nikon-5100.csv", _RGB), aliases=("nikon 5100 (npl)",)))
 _register(BuiltinSrf(
     "sigma-sdmerrill", "Sigma SD Merrill (Foveon) RGB sensitivities (R, G, B), 400-680 nm at 10 nm",
     "colour-science colour.MSDS_CAMERA_SENSITIVITIES['Sigma SDMerill (NPL)'] (NPL; Darrodi et al., JOSA A 2015)",
-    _colour_camera("Sigma SDMerill (NPL)"), aliases=("sigma sdmerill (npl)", "sigma-sdmerill")))
+    _table("sigma-sdmerrill.csv", _RGB), aliases=("sigma sdmerill (npl)", "sigma-sdmerill")))
 _register(BuiltinSrf(
     "cie1931", "CIE 1931 2° standard observer colour matching functions x̄, ȳ, z̄ as X, Y, Z bands, 360-830 nm",
     "colour-science colour.MSDS_CMFS['CIE 1931 2 Degree Standard Observer'] (CIE 015:2004 tables)",
-    _cie1931, aliases=("cie1931-xyz", "xyz")))
+    _table("cie1931.csv", _XYZ), aliases=("cie1931-xyz", "xyz")))
 _register(BuiltinSrf(
     "sentinel2-10m", "Sentinel-2 MSI 10 m bands B2, B3, B4, B8 as Gaussians (centre/FWHM spec)",
     "ESA Sentinel-2 User Handbook (2015) / S2 SRF doc COPE-GSEG-EOPG-TN-15-0007, S2A centres and bandwidths",

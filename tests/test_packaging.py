@@ -45,6 +45,8 @@ def test_wheel_carries_the_weights_and_runs_a_network(installed, tmp_path):
         assert models[name]["available"], models[name]
     installed_files = {i["file"] for m in models.values() for i in (m.get("installed") or [])}
     assert {f"{s}.safetensors" for s in shipped} <= installed_files
+    for table in ("nikon-5100.csv", "sigma-sdmerrill.csv", "cie1931.csv"):  # built-in SRFs need no extra package
+        assert (installed / "hsfuse" / "data" / table).is_file()
     # the package imported is the installed copy, not the checkout
     r = _hsfuse(installed, tmp_path, "--versions")
     assert r.returncode == 0

@@ -15,7 +15,6 @@ WL_WIDE = np.arange(400.0, 2501.0, 10.0)
 
 @pytest.mark.parametrize("name", sorted(builtin_srfs()))
 def test_builtin_rows_sum_to_one(name):
-    pytest.importorskip("colour")
     wide = name.startswith(("sentinel", "landsat", "worldview"))
     wl = WL_WIDE if wide else WL31
     srf = load_srf(name, wl, len(wl))
@@ -27,12 +26,24 @@ def test_builtin_rows_sum_to_one(name):
 
 
 def test_camera_and_cie():
-    pytest.importorskip("colour")
     s = load_srf("Nikon 5100 (NPL)", WL31, 31)  # colour-science's own name works as alias
     assert s.band_names == ["R", "G", "B"]
     assert s.centres[0] > s.centres[1] > s.centres[2]
     x = load_srf("cie1931", WL31, 31)
     assert x.band_names == ["X", "Y", "Z"] and x.coverage.min() < 1.0  # 360-830 nm, partly outside 400-700
+
+
+def test_shipped_tables_equal_colour_science():
+    """The CSV tables in hsfuse/data are colour-science's, value for value (so the dependency can go)."""
+    colour = pytest.importorskip("colour")
+    from hsfuse.srf import DATA
+
+    for file, m in (("nikon-5100.csv", colour.MSDS_CAMERA_SENSITIVITIES["Nikon 5100 (NPL)"]),
+                    ("sigma-sdmerrill.csv", colour.MSDS_CAMERA_SENSITIVITIES["Sigma SDMerill (NPL)"]),
+                    ("cie1931.csv", colour.MSDS_CMFS["CIE 1931 2 Degree Standard Observer"])):
+        arr = np.loadtxt(DATA / file, delimiter=",", skiprows=1)
+        np.testing.assert_array_equal(arr[:, 0], np.asarray(m.wavelengths, float))
+        np.testing.assert_array_equal(arr[:, 1:], np.asarray(m.values, float))
 
 
 def test_band_selection_and_support_errors():

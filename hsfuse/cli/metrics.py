@@ -271,7 +271,12 @@ def _atomic(path: Path, write) -> None:
 
 
 def _plot(path: Path, rep, meta, title: str) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        from ..errors import UsageError
+
+        raise UsageError("--plot needs matplotlib: pip install 'hsfuse[plot]' (or matplotlib)") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
