@@ -315,3 +315,17 @@ def test_negative_outputs_are_clipped_when_the_lr_has_none(tmp_path):
     assert (o < 0).any() and a.min() >= 0
     assert json.loads(auto.stdout)["plan"]["clip"]["clipped"] == int((o < 0).sum())
     np.testing.assert_array_equal(a, np.maximum(o, 0))
+
+
+def test_wavenumber_wavelengths_survive_fusion_to_envi(tmp_path):
+    """Units hsfuse cannot turn into nm are kept verbatim, through fusion too."""
+    _, lr_path, msi_path, _, _ = _make_pair(tmp_path)
+    hdr = lr_path.with_suffix(".hdr")
+    text = "\n".join(ln for ln in hdr.read_text().splitlines()
+                     if not ln.startswith(("wavelength", "fwhm")) and "=" in ln or ln == "ENVI")
+    hdr.write_text(text + "\nwavelength units = Wavenumber\nwavelength = {" + ", ".join(str(9000 - 500 * i)
+                                                                                     for i in range(8)) + "}\n")
+    r = runner.invoke(app, ["fuse", str(lr_path), str(msi_path), "-o", str(tmp_path / "f.hdr"), "--model", "gsa", "-q"])
+    assert r.exit_code == 0, r.output
+    out = (tmp_path / "f.hdr").read_text()
+    assert "wavelength units = Wavenumber" in out and "wavelength = {9000" in out
