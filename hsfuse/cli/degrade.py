@@ -62,6 +62,7 @@ def degrade(
     snr_msi: Optional[float] = typer.Option(None, "--snr-msi", help="Add Gaussian noise to the MSI at this SNR (dB) per band."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for the noise."),
     in_format: Optional[str] = typer.Option(None, "--format", help="Input format override (envi, tiff, mat, bands)."),
+    var: Optional[str] = typer.Option(None, "--var", help="Variable of a .mat input holding several arrays."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON summary object on stdout."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No notes on stderr."),
@@ -82,7 +83,7 @@ def degrade(
       $ hsfuse degrade scene.hdr -s 4 --psf gaussian --srf sentinel2-10m:B2,B3,B4 -o lr.hdr --msi msi.hdr --snr-hsi 35 --seed 0
     """
     with guard():
-        _run(hr, output, msi, protocol, scale, psf, sigma, form, pad, border, srf, srf_file, snr_hsi, snr_msi, seed,
+        _run(hr, output, msi, protocol, scale, psf, sigma, form, pad, border, srf, srf_file, snr_hsi, snr_msi, seed, var,
              in_format, overwrite, json_out, quiet)
 
 
@@ -92,7 +93,7 @@ def _note(quiet: bool, msg: str) -> None:
 
 
 def _run(hr, output, msi_path, protocol, scale_s, psf_kind, sigma, form, pad, border, srf_spec, srf_file,
-         snr_hsi, snr_msi, seed, in_format, overwrite, json_out, quiet) -> None:
+         snr_hsi, snr_msi, seed, var, in_format, overwrite, json_out, quiet) -> None:
     import numpy as np
 
     from .. import io as hio
@@ -135,7 +136,7 @@ def _run(hr, output, msi_path, protocol, scale_s, psf_kind, sigma, form, pad, bo
         hio.check_writable(msi_path, overwrite=overwrite, inputs=(hr, output))
 
     # -- read -----------------------------------------------------------------------------
-    with hio.open_cube(hr, in_format) as src:
+    with hio.open_cube(hr, in_format, **({"var": var} if var else {})) as src:
         meta = src.meta
         stored_dtype = src.dtype
         z, how = read_protocol_input(src, proto.input_scaling if proto is not None else "none")

@@ -37,6 +37,10 @@ def metrics(
     form: str = typer.Option("conv", "--form", help="No-reference: block | conv."),
     border: str = typer.Option("reflect", "--border", help="No-reference: reflect | edge | wrap | zero."),
     srf: Optional[str] = typer.Option(None, "--srf", help="No-reference: SRF name or file (default: estimate by NNLS of MSI_lr on LR)."),
+    ref_var: Optional[str] = typer.Option(None, "--ref-var", help="Variable of a .mat REFERENCE (or FUSED) input."),
+    est_var: Optional[str] = typer.Option(None, "--est-var", help="Variable of a .mat ESTIMATE input."),
+    lr_var: Optional[str] = typer.Option(None, "--lr-var", help="No-reference: variable of a .mat --lr input."),
+    msi_var: Optional[str] = typer.Option(None, "--msi-var", help="No-reference: variable of a .mat --msi input."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing --csv / --plot files."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No notes on stderr."),
 ) -> None:
@@ -58,6 +62,8 @@ def metrics(
     with guard():
         if json_out and csv is not None and str(csv) == "-":
             raise UsageError("--json and --csv - both write to stdout; give --csv a file")
+        _VARS.clear()
+        _VARS.update({"reference": ref_var, "fused": ref_var, "estimate": est_var, "LR": lr_var, "MSI": msi_var})
         inputs = [*files, lr, msi]
         for target in (csv, plot):  # same rules as every output: never an input, never replaced unasked
             if target is None or str(target) == "-":
@@ -97,12 +103,17 @@ def _parse_peak(peak: str):
     return v
 
 
+#: --ref-var / --est-var / --lr-var / --msi-var of this command, by the role of the input
+_VARS: dict[str, str | None] = {}
+
+
 def _read(path: Path, rule: str, what: str):
     """(data float32 (C,H,W), meta, stored dtype, how read)."""
     from .. import io as hio
     from ..protocols import read_protocol_input
 
-    with hio.open_cube(path) as src:
+    var = _VARS.get(what)
+    with hio.open_cube(path, **({"var": var} if var else {})) as src:
         data, how = read_protocol_input(src, rule)
         return data, src.meta, src.dtype, how
 

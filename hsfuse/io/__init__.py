@@ -79,6 +79,14 @@ def open_cube(path: str | Path, fmt: str | None = None, **opts: Any) -> CubeSour
         raise InputError("file not found", path)
     name = format_for(path, fmt)
     mod = _module(name)
+    import inspect
+
+    params = inspect.signature(mod.open_source).parameters
+    extra = [k for k in opts if k not in params and not any(p.kind == p.VAR_KEYWORD for p in params.values())]
+    if extra:
+        from ..errors import UsageError
+
+        raise UsageError(f"option(s) {', '.join(extra)} do not apply to {name} files (a variable name is for .mat)", path)
     try:
         return mod.open_source(path, **opts)
     except HsfuseError:  # already explained (UsageError included): do not wrap it again
