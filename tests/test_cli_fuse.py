@@ -329,3 +329,11 @@ def test_wavenumber_wavelengths_survive_fusion_to_envi(tmp_path):
     assert r.exit_code == 0, r.output
     out = (tmp_path / "f.hdr").read_text()
     assert "wavelength units = Wavenumber" in out and "wavelength = {9000" in out
+
+
+def test_an_option_no_model_reads_is_reported(tmp_path):
+    _, lr_path, msi_path, _, _ = _make_pair(tmp_path)
+    r = runner.invoke(app, ["fuse", str(lr_path), str(msi_path), "-o", str(tmp_path / "a.tif"), "--model", "gsa",
+                            "-O", "upsampler=bicubic", "-O", "upsampelr=bicubic"])
+    assert r.exit_code == 0
+    assert "option(s) upsampelr were not used by 'gsa'" in r.stderr and "upsampler," not in r.stderr

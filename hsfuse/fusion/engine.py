@@ -493,8 +493,37 @@ def prepare(lr_src: CubeSource, msi_src: CubeSource, fuser: Fuser, plan: FusePla
     return _Prepared(lr_filled, lr_fill, msi_fill, lr_valid)
 
 
+class UsedOptions(dict):
+    """Model options that remember which keys the model read: one it never reads was a typo or belongs to
+    another model, and the user is told (``run``)."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.read: set[str] = set()
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key):
+        self.read.add(key)
+        return super().__contains__(key)
+
+    def copy(self):
+        self.read.update(self.keys())  # handed on whole (e.g. to an inner fuser): not judged here
+        return dict(self)
+
+    def items(self):
+        self.read.update(self.keys())
+        return super().items()
+
+
 def build_fuser(plan: FusePlan, cfg: FuseConfig, lr: CubeSource, msi: CubeSource) -> Fuser:
-    options = dict(cfg.options)
+    options = UsedOptions(cfg.options)
     if plan.weights is not None:
         options["weights"] = plan.weights
     problem = FusionProblem(
@@ -618,6 +647,12 @@ def run(lr: CubeSource, msi: CubeSource, cfg: FuseConfig, sink_factory: Callable
                 nonneg = mode == "auto" and bool(np.all(prep.lr[:, prep.lr_valid] >= 0))
                 plan.clip = {"min": 0.0 if nonneg else None, "clipped": 0}
                 stream_tiles(plan, fuser, prep, msi, sink, progress)
+            opts = getattr(fuser.problem, "options", None)
+            if isinstance(opts, UsedOptions) and notify:
+                unused = sorted(set(cfg.options) - opts.read)
+                if unused:
+                    notify(f"warning: option(s) {', '.join(unused)} were not used by '{plan.model.name}' (a typo, or "
+                           "an option of another model?)")
             if plan.clip.get("clipped") and notify:
                 n = plan.clip["clipped"]
                 notify(f"{n} output values below 0 set to 0 ({n / max(1, np.prod(plan.out_shape)):.2%}; the LR-HSI "

@@ -101,7 +101,8 @@ class _ClassicalBase(Fuser):
         if self.psf.scale != problem.scale:
             raise UsageError(f"PSF scale {self.psf.scale} != problem scale {problem.scale}")
         self.scale = problem.scale
-        self.opts: dict[str, Any] = dict(problem.options or {})
+        # read, not copied: the engine's options remember which keys a model reads (unused ones are reported)
+        self.opts: dict[str, Any] = problem.options if problem.options is not None else {}
         self.halo_lr = self._compute_halo()
         self._lr_fill: np.ndarray | None = None
         self._msi_fill: np.ndarray | None = None

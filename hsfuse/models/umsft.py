@@ -246,7 +246,7 @@ class UMSFT(Fuser):
         self.psf_assumed = problem.psf is None
         if self.psf.scale != self.scale:
             raise ModelError(f"umsft: PSF scale {self.psf.scale} != inputs scale {self.scale}")
-        o = dict(problem.options or {})
+        o = problem.options if problem.options is not None else {}  # read only (the engine tracks which keys)
         self.opts = o
         self.iters = int(o.get("iters", _default_iters(device)))
         self.seed = int(o.get("seed", 0))
