@@ -155,6 +155,9 @@ def test_metrics_outputs_table_csv_plot(tmp_path):
     text = (tmp_path / "m.csv").read_text()
     assert "# crop: 2" in text and "# peak: 1.0" in text and text.splitlines()[-1].startswith("mean,")
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    from PIL import Image
+
+    assert Image.open(tmp_path / "p.png").size == (1350, 1080)  # the 3×3 report: curves, maps, quicklooks, spectra
     r = run("metrics", tmp_path / "a.tif", tmp_path / "b.tif", "--json", "--peak", "band-max")
     m = json.loads(_stdout(r))
     assert m["conventions"]["peak"] == "band-max"

@@ -183,7 +183,7 @@ def _with_reference(ref_path, est_path, scale_s, peak_s, crop, per_band, protoco
     if csv is not None:
         _write_csv(csv, rep, result)
     if plot is not None:
-        _plot(plot, rep, rmeta, f"{Path(est_path).name} vs {Path(ref_path).name}")
+        _plot(plot, rep, rmeta, f"{Path(est_path).name} vs {Path(ref_path).name}", ref, est, crop)
         _note(quiet, f"wrote {plot}")
     if json_out:
         emit_json(result)
@@ -281,7 +281,19 @@ def _atomic(path: Path, write) -> None:
     atomic_write(path, write)
 
 
-def _plot(path: Path, rep, meta, title: str) -> None:
+def _rgb_bands(meta, c: int) -> list[int]:
+    """Band indices for a quicklook: nearest 640/550/460 nm when the cube covers them, else spread indices."""
+    import numpy as np
+
+    wl = None if meta.wavelengths is None or len(meta.wavelengths) != c else np.asarray(meta.wavelengths, float)
+    if wl is not None and wl.min() <= 480 and wl.max() >= 620:
+        return [int(np.argmin(np.abs(wl - t))) for t in (640.0, 550.0, 460.0)]
+    return [min(c - 1, (3 * c) // 4), c // 2, c // 4]
+
+
+def _plot(path: Path, rep, meta, title: str, ref=None, est=None, crop: int = 0) -> None:
+    """PNG report: per-band PSNR/SSIM, error and SAM maps (SAM scaled to its 99th percentile), RGB quicklooks
+    of reference and estimate, and their spectra at the worst and the median SAM pixels."""
     try:
         import matplotlib
     except ImportError:
@@ -294,26 +306,51 @@ def _plot(path: Path, rep, meta, title: str) -> None:
     import numpy as np
 
     c = rep.conventions["bands"]
-    x = np.asarray(meta.wavelengths) if meta.wavelengths is not None and len(meta.wavelengths) == c else np.arange(1, c + 1)
-    xl = "wavelength (nm)" if meta.wavelengths is not None and len(meta.wavelengths) == c else "band"
-    fig, ax = plt.subplots(2, 2, figsize=(11, 8.5))
+    has_wl = meta.wavelengths is not None and len(meta.wavelengths) == c
+    x = np.asarray(meta.wavelengths) if has_wl else np.arange(1, c + 1)
+    xl = "wavelength (nm)" if has_wl else "band"
+    fig, ax = plt.subplots(3, 3, figsize=(15, 12))
     ax[0, 0].plot(x, rep.per_band["psnr"], "o-", ms=3)
     ax[0, 0].set(title=f"PSNR per band (mean {rep.summary['psnr']:.2f} dB)", xlabel=xl, ylabel="dB")
     k2 = "ssim" if "ssim" in rep.per_band else "cc"
     ax[0, 1].plot(x, rep.per_band[k2], "o-", ms=3, color="C1")
     ax[0, 1].set(title=f"{k2.upper()} per band", xlabel=xl)
-    im = ax[1, 0].imshow(rep.sam_map, cmap="magma")
-    ax[1, 0].set(title=f"SAM map (mean {rep.summary['sam']:.2f}°)")
-    fig.colorbar(im, ax=ax[1, 0], label="degrees")
-    im = ax[1, 1].imshow(rep.error_map, cmap="viridis")
-    ax[1, 1].set(title="RMSE over bands per pixel")
-    fig.colorbar(im, ax=ax[1, 1])
-    for a in ax[1]:
+    im = ax[0, 2].imshow(rep.error_map, cmap="viridis")
+    ax[0, 2].set(title="RMSE over bands per pixel")
+    fig.colorbar(im, ax=ax[0, 2])
+    sam = np.asarray(rep.sam_map, dtype=np.float64)
+    finite = np.isfinite(sam)
+    vmax = float(np.percentile(sam[finite], 99)) if finite.any() else 1.0
+    im = ax[1, 2].imshow(sam, cmap="magma", vmin=0, vmax=max(vmax, 1e-6))
+    ax[1, 2].set(title=f"SAM (mean {rep.summary['sam']:.2f}°; scale to p99 {vmax:.2f}°)")
+    fig.colorbar(im, ax=ax[1, 2], label="degrees")
+    if ref is not None and est is not None:
+        if crop:
+            ref, est = ref[:, crop:-crop, crop:-crop], est[:, crop:-crop, crop:-crop]
+        bands = _rgb_bands(meta, c)
+        scale = float(np.nanpercentile(ref[bands], 99)) or 1.0
+        for a, cube, name in ((ax[1, 0], ref, "reference"), (ax[1, 1], est, "estimate")):
+            rgb = np.clip(np.nan_to_num(np.moveaxis(cube[bands], 0, -1) / scale), 0, 1) ** (1 / 2.2)
+            a.imshow(rgb)
+            a.set(title=f"{name} (RGB = bands {', '.join(str(b + 1) for b in bands)})")
+        if finite.any() and sam.shape == ref.shape[1:]:
+            flat = np.where(finite, sam, np.nan).ravel()
+            order = np.argsort(np.where(np.isfinite(flat), flat, -1))
+            n = int(np.isfinite(flat).sum())
+            picks = {"worst": int(order[-1]), "median": int(order[len(order) - n + n // 2])}
+            for a, (label, idx) in zip((ax[2, 0], ax[2, 1]), picks.items()):
+                r, q = divmod(idx, sam.shape[1])
+                a.plot(x, ref[:, r, q], "k-", label="reference")
+                a.plot(x, est[:, r, q], "C3--", label="estimate")
+                a.set(title=f"{label} SAM pixel (row {r}, col {q}): {sam[r, q]:.2f}°", xlabel=xl)
+                a.legend(fontsize=8)
+    for a in (ax[0, 2], ax[1, 0], ax[1, 1], ax[1, 2]):
         a.set_xticks([])
         a.set_yticks([])
+    ax[2, 2].axis("off")
     fig.suptitle(title)
     fig.tight_layout()
-    _atomic(Path(path), lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    _atomic(Path(path), lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
     plt.close(fig)
 
 
