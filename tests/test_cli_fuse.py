@@ -337,3 +337,28 @@ def test_an_option_no_model_reads_is_reported(tmp_path):
                             "-O", "upsampler=bicubic", "-O", "upsampelr=bicubic"])
     assert r.exit_code == 0
     assert "option(s) upsampelr were not used by 'gsa'" in r.stderr and "upsampler," not in r.stderr
+
+
+def test_output_dtype_and_creation_options(tmp_path):
+    """--dtype same keeps a uint16 ×10000 input's encoding (half the size of float32); --co reaches the writer."""
+    z = smooth_cube(8, 64, 64, seed=3)
+    lr, msi = Psf.gaussian(4).apply(z), (z[:3] + z[-3:]) / 2
+    meta = CubeMeta(wavelengths=np.linspace(450, 900, 8), scale=1e-4, nodata=0)
+    write_cube(tmp_path / "lr.hdr", lr, meta, dtype="uint16")
+    write_cube(tmp_path / "msi.tif", msi, CubeMeta())
+    args = ["fuse", str(tmp_path / "lr.hdr"), str(tmp_path / "msi.tif"), "--model", "gsa", "-q"]
+    assert runner.invoke(app, args + ["-o", str(tmp_path / "f32.tif")]).exit_code == 0
+    r = runner.invoke(app, args + ["-o", str(tmp_path / "u16.tif"), "--dtype", "same", "--co", "compress=deflate"])
+    assert r.exit_code == 0, r.output
+    import tifffile
+
+    with tifffile.TiffFile(tmp_path / "u16.tif") as t:
+        assert t.pages[0].dtype == np.uint16 and t.pages[0].compression != 1
+    a, b = read_cube(tmp_path / "f32.tif").data, read_cube(tmp_path / "u16.tif").data
+    assert np.nanmax(np.abs(a - b)) <= 0.6e-4  # quantised to the input's 1e-4 step
+    bad = runner.invoke(app, args + ["-o", str(tmp_path / "x.tif"), "--co", "colour=blue"])
+    assert bad.exit_code == 2 and "unknown for tiff" in bad.stderr
+    write_cube(tmp_path / "lrf.tif", lr, CubeMeta(wavelengths=np.linspace(450, 900, 8)))
+    r = runner.invoke(app, ["fuse", str(tmp_path / "lrf.tif"), str(tmp_path / "msi.tif"), "-o", str(tmp_path / "y.tif"),
+                            "--model", "gsa", "--dtype", "uint16"])
+    assert r.exit_code == 2 and "use float32" in r.stderr  # a float LR has no integer encoding to reuse

@@ -150,6 +150,10 @@ def fuse(
     tile: int = typer.Option(512, "--tile", help="Tile side in output (HR) pixels; memory scales with it."),
     overlap: Optional[int] = typer.Option(None, "--overlap", help="HR pixels blended between tiles (default: the model's)."),
     out_format: Optional[str] = typer.Option(None, "--format", help="Output format override: envi | tiff | mat."),
+    out_dtype: str = typer.Option("float32", "--dtype", help="Output type: float32, float64, or same / an integer "
+                                  "type (the LR's own encoding: scale factor, offset, nodata)."),
+    creation: List[str] = typer.Option([], "--co", help="Writer option KEY=VALUE (repeatable), e.g. --co "
+                                       "compress=deflate (TIFF), --co interleave=bil (ENVI)."),
     lr_var: Optional[str] = typer.Option(None, "--lr-var", help="Variable of a .mat LR input."),
     msi_var: Optional[str] = typer.Option(None, "--msi-var", help="Variable of a .mat MSI input."),
     option: List[str] = typer.Option([], "-O", "--option", help="Model option KEY=VALUE (repeatable), e.g. -O steps=8 -O seed=1."),
@@ -182,6 +186,7 @@ def fuse(
         from ..fusion.engine import FuseConfig, fuse_files, make_plan
         from ..io import check_writable, open_cube
 
+        co_opts = {k: v for k, v in _parse_options(creation).items()}
         if threads < 0:
             raise UsageError(f"--threads must be >= 0, got {threads}")
         _set_threads(threads)
@@ -246,7 +251,8 @@ def fuse(
                 bar, callback = _progress_bar(show_progress(quiet))
                 with bar:
                     res = fuse_files(lr_path, msi_path, out_path, cfg, overwrite=overwrite, out_format=out_format,
-                                     lr_opts=lr_opts, msi_opts=msi_opts, progress=callback, notify=say)
+                                     lr_opts=lr_opts, msi_opts=msi_opts, out_dtype=out_dtype, writer_opts=co_opts,
+                                     progress=callback, notify=say)
                 est = res.forward.estimate if res.forward is not None else None
                 if mode == "once" and est is not None:
                     cfg = dataclasses.replace(cfg, estimate=est)  # the next pairs reuse it

@@ -439,6 +439,29 @@ def _carried_source(m: CubeMeta, bands: int) -> dict:
     return {"format": "envi", "interleave": m.source.get("interleave", "bsq"), "bands": bands, "header": header}
 
 
+def output_encoding(lr: CubeSource, meta: CubeMeta, out_dtype: str) -> tuple[CubeMeta, np.dtype]:
+    """(meta, dtype) of the output for ``--dtype``: float32/float64 as physical values; 'same' or an integer
+    type: the LR's own encoding (scale factor, offset, nodata), so a uint16 ×10000 input stays that size."""
+    name = str(out_dtype or "float32").lower()
+    dtype = np.dtype(lr.dtype) if name == "same" else None
+    if dtype is None:
+        try:
+            dtype = np.dtype(name)
+        except TypeError:
+            raise UsageError(f"--dtype must be float32, float64, same or an integer type, got '{out_dtype}'") from None
+    if dtype.kind == "f":
+        return meta, dtype
+    if dtype.kind not in "iu":
+        raise UsageError(f"--dtype {dtype.name} is not a numeric type a cube file can hold")
+    if np.dtype(lr.dtype).kind not in "iu":
+        raise UsageError(f"--dtype {dtype.name} reuses the LR's integer encoding, but {lr.path.name} is stored as "
+                         f"{np.dtype(lr.dtype).name}: use float32")
+    info = np.iinfo(dtype)
+    nodata = lr.meta.nodata if lr.meta.nodata is not None and np.isfinite(lr.meta.nodata) else \
+        float(info.max if dtype.kind == "u" else info.min)
+    return meta.copy(scale=lr.meta.scale, offset=lr.meta.offset, nodata=nodata), dtype
+
+
 class _Prepared:
     """Scene-wide state from pass 1: the filled LR, msi_lr, fill values and validity."""
 
@@ -694,7 +717,7 @@ class FuseResult:
 def fuse_files(lr_path: str | Path, msi_path: str | Path, out_path: str | Path, cfg: FuseConfig | None = None, *,
                overwrite: bool = False, out_format: str | None = None, lr_format: str | None = None,
                msi_format: str | None = None, lr_opts: dict | None = None, msi_opts: dict | None = None,
-               out_dtype: str = "float32", progress: Progress | None = None,
+               out_dtype: str = "float32", writer_opts: dict | None = None, progress: Progress | None = None,
                notify: Callable[[str], None] | None = None) -> FuseResult:
     """Fuse two files into ``out_path`` (atomic; refuses to overwrite unless asked)."""
     from ..io import check_writable
@@ -704,7 +727,8 @@ def fuse_files(lr_path: str | Path, msi_path: str | Path, out_path: str | Path, 
     t0 = time.perf_counter()
     with open_cube(lr_path, lr_format, **(lr_opts or {})) as lr, open_cube(msi_path, msi_format, **(msi_opts or {})) as msi:
         def sink_factory(plan: FusePlan):
-            return create_writer(out_path, plan.out_shape, output_meta(lr, msi, plan), out_dtype, out_format, overwrite)
+            meta, dtype = output_encoding(lr, output_meta(lr, msi, plan), out_dtype)
+            return create_writer(out_path, plan.out_shape, meta, dtype, out_format, overwrite, **(writer_opts or {}))
 
         plan, fuser, _ = run(lr, msi, cfg, sink_factory, progress, notify)
     dt = time.perf_counter() - t0

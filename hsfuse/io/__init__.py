@@ -187,8 +187,21 @@ def create_writer(path: str | Path, shape: tuple[int, int, int], meta: CubeMeta,
     path = Path(path)
     name = check_writable(path, fmt, overwrite)
     check_free_space(path, int(np.prod(shape)) * np.dtype(dtype).itemsize)
+    mod = _module(name)
+    if opts:
+        import inspect
+
+        writer_cls = getattr(mod, {"envi": "EnviWriter", "tiff": "TiffWriter", "mat": "MatWriter"}.get(name, ""), None)
+        known = [p for p in inspect.signature(writer_cls.__init__).parameters
+                 if p not in ("self", "path", "shape", "meta", "dtype")] if writer_cls else []
+        bad = [k for k in opts if k not in known]
+        if bad:
+            from ..errors import UsageError
+
+            raise UsageError(f"writer option(s) {', '.join(bad)} unknown for {name} (known: {', '.join(known) or 'none'})",
+                             path)
     try:
-        return _module(name).create_writer(path, tuple(shape), meta, np.dtype(dtype), **opts)
+        return mod.create_writer(path, tuple(shape), meta, np.dtype(dtype), **opts)
     except OSError as e:
         raise OutputError(f"cannot write: {e.strerror or e}", path) from e
 
