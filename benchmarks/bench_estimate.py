@@ -2,7 +2,7 @@
 
 Pairs are simulated from scenes in ../shared/data (read by path, never copied):
   * CAVE held-out scenes (fake_and_real_peppers, oil_painting, stuffed_toys; 512²×31, /65535) under the presets
-    cave-gauss-x8, cave-gauss-x4, cave-mhf-x32, dian-gauss-x8, a conv Gaussian (σ 2) sampled on the first pixel
+    cave-gauss-x8, cave-gauss-x4, cave-mhf-x32, dian-gauss-x8, imresize-bicubic ×4, block-mean ×8, a conv Gaussian (σ 2) sampled on the first pixel
     of each 8×8 block instead of its centre, and cave-gauss-x8 with white noise at 40 and 30 dB per-band SNR;
   * two remote-sensing cubes as HR truth: Houston (CASI, 48 bands 380–1050 nm, 128²) with Sentinel-2 B2–B8A
     and Paris (Hyperion, 128 bands, 72²) with Landsat-8 OLI B1–B7, ×4, conv Gaussian PSF (σ 1.9 and 1.5 HR px)
@@ -94,6 +94,8 @@ def cases(quick: bool):
     scenes = VAL[:1] if quick else VAL
     for name in ("cave-gauss-x8", "cave-gauss-x4", "cave-mhf-x32", "dian-gauss-x8"):
         yield name, [(s, "cave") for s in scenes], get_protocol(name).build_psf(), r, cave_wl, None, name
+    for name, sc in (("imresize-bicubic", 4), ("block-mean", 8)):
+        yield f"{name} ×{sc}", [(s, "cave") for s in scenes], get_protocol(name).build_psf(sc), r, cave_wl, None, None
     yield ("conv Gaussian σ2, first-pixel phase, ×8", [(s, "cave") for s in scenes],
            Psf(gaussian_kernel(13, 2.0), 8, pad=6), r, cave_wl, None, None)
     for snr in (40.0, 30.0):

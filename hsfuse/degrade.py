@@ -37,6 +37,31 @@ def box_kernel(size: int) -> np.ndarray:
     return np.full((size, size), 1.0 / (size * size))
 
 
+def resize_kernel(kind: str, scale: int) -> np.ndarray:
+    """The 2-D kernel of an antialiased shrink by an integer ``scale`` (MATLAB ``imresize``, PIL, torch
+    ``interpolate(antialias=True)``): the 1-D interpolation kernel stretched by s, sampled at the HR pixel
+    centres around the block centre, normalised, outer product.
+
+    ``triangle`` (bilinear): 1 − |x|; ``cubic`` (bicubic, Keys a = −0.5): the kernel MATLAB and PIL use,
+    negative lobes included. Size 2s / 4s, one more for odd s (zero-weight end taps) so that it centres on
+    the s×s block with an integer pad. Equal to torch's antialiased interpolate away from the border
+    (tests/test_degrade.py).
+    """
+    s = int(scale)
+    k = {"triangle": 2 * s, "cubic": 4 * s}[kind]
+    if (k - s) % 2:
+        k += 1
+    x = np.abs((np.arange(k) - (k - 1) / 2.0) / s)
+    if kind == "triangle":
+        w = np.maximum(0.0, 1.0 - x)
+    else:
+        a = -0.5
+        w = np.where(x <= 1, (a + 2) * x ** 3 - (a + 3) * x ** 2 + 1,
+                     np.where(x < 2, a * x ** 3 - 5 * a * x ** 2 + 8 * a * x - 4 * a, 0.0))
+    w = w / w.sum()
+    return np.outer(w, w)
+
+
 def default_gaussian_size(scale: int, sigma: float) -> int:
     """Smallest size with the same parity as ``scale`` covering ±3σ (so the kernel centres on the block)."""
     k = max(scale, 2 * math.ceil(3 * sigma) + 1)

@@ -169,15 +169,28 @@ def support_for(scale: int) -> int:
     return default_support(scale)
 
 
-def estimation_support(scale: int, psf: Psf | None = None) -> tuple[int, int, int]:
-    """(k, r, halo): kernel support side, its pad, and the LR pixels of MSI context a window needs."""
+#: presets whose kernels are wider than this (taps) are not tried (bicubic ×10 and up: too costly to fit)
+MAX_PRESET_SUPPORT = 40
+
+
+def estimation_support(scale: int, psf: Psf | None = None, presets: bool = False) -> tuple[int, int, int]:
+    """(k, r, halo): kernel support side, its pad, and the LR pixels of MSI context a window needs.
+
+    The support holds a given kernel, or (``presets``) every preset kernel up to ``MAX_PRESET_SUPPORT``.
+    """
     s = int(scale)
     k = support_for(s)
+    kernels = [psf] if psf is not None else []
+    if psf is None and presets:
+        kernels = [p for _, p, _ in _presets(s, 0, 0) if p.size <= MAX_PRESET_SUPPORT]
+    for p in kernels:  # grow the support (same parity as s) until it holds the kernel at its phase
+        while True:
+            r = (k - s) // 2
+            off = r - int(p.pad)
+            if off >= 0 and off + p.size <= k:
+                break
+            k += 2
     r = (k - s) // 2
-    if psf is not None:  # the support must hold a given kernel too
-        k = max(k, psf.size + 2 * abs(r - int(psf.pad)))
-        k += (k - s) % 2
-        r = (k - s) // 2
     return k, r, math.ceil(r / s)
 
 
@@ -336,19 +349,31 @@ def _fit_free_kernel(sample: _Sample, init: np.ndarray, srf: np.ndarray, rows: n
     """Non-negative kernel summing to 1 minimising ‖degrade(MSI) − g·SRF·LR‖² + λ‖∇K‖² on ``rows`` (FISTA)."""
     from .blind import _diff2d, _project_simplex
 
-    k = sample.k
+    # on the default support (the sample's may be wider, to hold the preset kernels), centred alike
+    kf = min(sample.k, support_for(sample.scale))
+    c0 = (sample.k - kf) // 2
+    init_full, init = init, init[c0:c0 + kf, c0:c0 + kf]
+    k = kf
     t = srf @ sample.x[:, rows]
     g = np.zeros((k * k, k * k))
     rhs = np.zeros(k * k)
     for i in range(sample.a.shape[0]):  # band by band: bounded memory
-        a = sample.a[i, rows].reshape(-1, k * k)
+        a = sample.a[i, rows][:, c0:c0 + k, c0:c0 + k].reshape(-1, k * k)
         g += (a.T @ a).astype(np.float64)
         rhs += a.T.astype(np.float64) @ t[i]
     dd = _diff2d(k)
     g = g + smooth * np.trace(g) / (k * k) * (dd.T @ dd)
-    lip = float(np.linalg.eigvalsh(g)[-1]) * 1.02
+    vec = np.full(k * k, 1.0 / k)
+    lip = 0.0
+    for _ in range(50):  # power iteration: the Lipschitz constant of the gradient (no k²×k² eigensolver)
+        nv = g @ vec
+        lip = float(np.linalg.norm(nv))
+        if lip == 0:
+            break
+        vec = nv / lip
+    lip *= 1.05
     if not lip > 0:
-        return init
+        return init_full
     x = _project_simplex(init.ravel())
     yv, tk = x.copy(), 1.0
     for _ in range(iters):
@@ -359,7 +384,9 @@ def _fit_free_kernel(sample: _Sample, init: np.ndarray, srf: np.ndarray, rows: n
             x = xn
             break
         x, tk = xn, tn
-    return x.reshape(k, k)
+    out = np.zeros_like(init_full)
+    out[c0:c0 + k, c0:c0 + k] = x.reshape(k, k)
+    return out
 
 
 def _fit_srf(sample: _Sample, kern: np.ndarray) -> np.ndarray:
@@ -416,7 +443,7 @@ def estimate_pair(lr: np.ndarray, msi_ext: np.ndarray, scale: int, *, halo: int 
     t0 = time.perf_counter()
     lr = np.asarray(lr, dtype=np.float64)
     s = int(scale)
-    k, r, need = estimation_support(s, psf)
+    k, r, need = estimation_support(s, psf, presets=presets)
     if halo is None:
         from .fusion.tiling import mirror_index
 
@@ -569,7 +596,7 @@ def estimate_from_sources(lr_src, msi_src, scale: int, *, psf: Psf | None = None
                           window: int | None = None) -> PairEstimate:
     """``estimate_pair`` on a central window of two opened cubes (bounded memory whatever the file size)."""
     s = int(scale)
-    _, _, need = estimation_support(s, psf)
+    _, _, need = estimation_support(s, psf, presets=True)
     lr, msi, wy, wx = _central_window(lr_src, msi_src, s, need, window)
     _check_signal(lr, msi, lr_src.path, msi_src.path)
     border = need if min(wy, wx) > 2 * need + 8 else 0  # the true border rule is unknown: leave it out

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .degrade import Psf, gaussian_kernel, make_psf
+from .degrade import Psf, box_kernel, gaussian_kernel, make_psf, resize_kernel
 from .errors import InputError, UsageError
 
 ENV_MHF = "HSFUSE_MHF_RESPONSE"
@@ -131,6 +131,10 @@ class Protocol:
                 # checked in tests/test_degrade.py): an installed hsfuse builds it without the file
                 return Psf(gaussian_kernel(32, 10.0), s, pad=0, border=self.border,
                            name=f"{self.name}: C as the Gaussian sigma 10 it equals (block {s}×{s})")
+        if self.kernel in ("box", "triangle", "cubic"):
+            kern = box_kernel(s) if self.kernel == "box" else resize_kernel(self.kernel, s)
+            return Psf(kern, s, pad=(kern.shape[0] - s) // 2, border=border or self.border,
+                       name=f"{self.name}: {self.kernel} ×{s}")
         sig = self.sigma(s)
         psf = make_psf("gaussian", s, sigma=sig, form=self.form, border=border or self.border,
                        size=self.kernel_size, pad=self.pad)
@@ -194,6 +198,25 @@ _register(Protocol(
                "scipy.signal.convolve2d(Z, fspecial('gaussian', 7, 3), boundary='symm', mode='same')[0::8, 0::8]; "
                "R: the Nikon D700 response as in MHF-Net's response_coefficient.mat (hsfuse choice where a paper "
                "does not ship its R).")))
+
+
+_RESIZE_REF = ("MATLAB imresize(Z, 1/s) (antialiased; symmetric padding), PIL Image.resize, torch "
+               "interpolate(scale_factor=1/s, antialias=True): the common 'downsample the HR cube' simulation")
+_register(Protocol(
+    "imresize-bicubic", "antialiased bicubic shrink by s (Keys a=-0.5 kernel stretched by s, 4s taps centred on the "
+    "block; MATLAB imresize default); SRF given with --srf",
+    form="conv", kernel="cubic", scale=None, sigma_rule="", srf=None, input_scaling="none", border="reflect",
+    open_options=("scale", "srf", "srf_file", "snr_hsi", "snr_msi", "seed", "border"), reference=_RESIZE_REF))
+_register(Protocol(
+    "imresize-bilinear", "antialiased bilinear shrink by s (triangle kernel stretched by s, 2s taps centred on the "
+    "block); SRF given with --srf",
+    form="conv", kernel="triangle", scale=None, sigma_rule="", srf=None, input_scaling="none", border="reflect",
+    open_options=("scale", "srf", "srf_file", "snr_hsi", "snr_msi", "seed", "border"), reference=_RESIZE_REF))
+_register(Protocol(
+    "block-mean", "the mean of each s×s block (average pooling, imresize 'box'); SRF given with --srf",
+    form="block", kernel="box", scale=None, sigma_rule="", srf=None, input_scaling="none",
+    open_options=("scale", "srf", "srf_file", "snr_hsi", "snr_msi", "seed"),
+    reference="average pooling / MATLAB imresize(Z, 1/s, 'box'); also the CAVE ×s 'mean' protocols"))
 
 
 def get_protocol(name: str) -> Protocol:

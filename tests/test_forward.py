@@ -253,3 +253,15 @@ def test_denoised_msi_tiles_exactly():
     np.testing.assert_allclose(src.read(), whole, atol=1e-6)
     np.testing.assert_allclose(src.read(Window(0, 5, 10, 20)), whole[:, 0:10, 5:25], atol=1e-6)
     np.testing.assert_allclose(src.read(Window(30, 30, 7, 11)), whole[:, 30:37, 30:41], atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["imresize-bicubic", "block-mean"])
+def test_resize_degradations_are_recognised(scene, rgb, name):
+    """'LR = imresize(HR, 1/s)' and average pooling, the most common simulations, are found exactly."""
+    psf = get_protocol(name).build_psf(4)
+    lr, msi = _pair(scene, psf, rgb)
+    est = estimate_pair(lr, msi, 4)
+    assert est.preset == name and psf_distance(est.psf, psf) == 0.0
+    told = fuse_arrays(lr, msi, FuseConfig(model="gsa", psf=psf, srf=rgb))
+    blind = fuse_arrays(lr, msi, FuseConfig(model="gsa"))
+    assert _psnr(scene, blind) > _psnr(scene, told) - 0.05
