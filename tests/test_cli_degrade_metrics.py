@@ -199,3 +199,18 @@ def test_cave_gauss_x8_protocol_on_scene(tmp_path, shared_data):
     assert lo.shape == (31, 64, 64) and mo.shape == (3, 512, 512)
     assert mo.meta.band_names == ["R", "G", "B"]
     assert 0 <= np.nanmin(lo.data) and np.nanmax(lo.data) <= 1.0
+
+
+def test_degrade_declares_nan_nodata(tmp_path):
+    """A scene with nodata gives LR and MSI files that declare NaN as nodata (GDAL sees it)."""
+    import rasterio
+
+    z = smooth_cube(31, 32, 32)
+    z[:, :4, :4] = np.nan
+    write_cube(tmp_path / "hr.tif", z, CubeMeta(wavelengths=WL))
+    r = run("degrade", tmp_path / "hr.tif", "-o", tmp_path / "lr.tif", "--msi", tmp_path / "msi.tif", "-s", 4,
+            "--srf", "nikon-5100", "-q")
+    assert r.exit_code == 0, r.output
+    for f in ("lr.tif", "msi.tif"):
+        with rasterio.open(tmp_path / f) as ds:
+            assert ds.nodata is not None and np.isnan(ds.nodata)

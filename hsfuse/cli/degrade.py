@@ -204,7 +204,9 @@ def _run(hr, output, msi_path, protocol, scale_s, psf_kind, sigma, form, pad, bo
             a, b, cc, d, e, f = meta.georef.transform
             t = georef_lr.transform
             georef_lr = type(georef_lr)(georef_lr.crs_wkt, (t[0], t[1], cc + (a + b) * delta, t[3], t[4], f + (d + e) * delta))
-    base = meta.copy(scale=1.0, offset=0.0, nodata=None, source={}, description=desc)
+    has_nan = bool(np.isnan(lr).any() or (msi is not None and np.isnan(msi).any()))
+    # NaN marks nodata in hsfuse's float outputs: declared when there is any, so GDAL and ENVI see it too
+    base = meta.copy(scale=1.0, offset=0.0, nodata=float("nan") if has_nan else None, source={}, description=desc)
     lr_meta = base.copy(georef=georef_lr)
     hio.write_cube(output, lr.astype(np.float32), lr_meta, "float32", overwrite=overwrite)
     result = {"lr": {"path": str(output), "shape": list(lr.shape), "format": fmt_lr}, **record}
