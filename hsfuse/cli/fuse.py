@@ -297,9 +297,12 @@ def _set_threads(n: int) -> None:
             n = len(os.sched_getaffinity(0))
         except (AttributeError, OSError):
             n = os.cpu_count() or 1
-    import torch
+    import sys
 
-    torch.set_num_threads(max(1, n))
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(max(1, n))
+    else:  # read by torch (and the BLAS) when first imported: planning and --dry-run do not import torch
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, n)))
 
 
 def _save_estimate(path: Path, est, lr_path: Path, msi_path: Path, overwrite: bool) -> None:

@@ -15,6 +15,8 @@ Two passes over the MSI, both tile by tile with bounded memory:
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -100,12 +102,18 @@ class FusePlan:
         }
 
 
+def _nvidia_driver_present() -> bool:
+    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl")
+
+
 def resolve_device(device: str) -> str:
     device = (device or "auto").lower()
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         raise UsageError(f"--device must be auto, cpu or cuda, got '{device}'")
     if device == "cpu":
         return "cpu"
+    if device == "auto" and "torch" not in sys.modules and not _nvidia_driver_present():
+        return "cpu"  # no NVIDIA driver: no CUDA, and planning need not import torch (a second per call)
     import torch
 
     if device == "auto":
