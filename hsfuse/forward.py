@@ -556,16 +556,17 @@ def estimate_pair(lr: np.ndarray, msi_ext: np.ndarray, scale: int, *, halo: int 
 def _check_signal(lr: np.ndarray, msi: np.ndarray, lr_path=None, msi_path=None) -> None:
     """Constant (or all-NaN) inputs carry no information about the forward model: say so, naming the file."""
     for name, a, path in (("LR cube", lr, lr_path), ("MSI", msi, msi_path)):
-        lo, hi, any_valid = np.inf, -np.inf, False
-        for band in a:  # band by band, no scene-sized temporaries
+        any_valid, varies = False, False
+        for band in a:  # band by band, no scene-sized temporaries; a band that varies in space carries signal
             bad = ~np.isfinite(band)
             vals = band[~bad] if bad.any() else band
             if vals.size:
                 any_valid = True
-                lo, hi = min(lo, float(vals.min())), max(hi, float(vals.max()))
+                lo, hi = float(vals.min()), float(vals.max())
+                varies = varies or hi - lo > 1e-5 * max(abs(hi), abs(lo), 1e-30)  # float32 rounding is not signal
         if not any_valid:
             raise InputError(f"the {name} has no valid pixels (everything is nodata/NaN)", path)
-        if not hi - lo > 1e-9 * max(1.0, abs(hi), abs(lo)):
+        if not varies:
             raise InputError(f"the {name} is constant: the PSF and SRF are not identifiable from this pair "
                              "(give --psf and --srf, or --protocol)", path)
 
@@ -597,8 +598,16 @@ def estimate_from_sources(lr_src, msi_src, scale: int, *, psf: Psf | None = None
     """``estimate_pair`` on a central window of two opened cubes (bounded memory whatever the file size)."""
     s = int(scale)
     _, _, need = estimation_support(s, psf, presets=True)
-    lr, msi, wy, wx = _central_window(lr_src, msi_src, s, need, window)
-    _check_signal(lr, msi, lr_src.path, msi_src.path)
+    side = max(16, WINDOW_HR // s) if window is None else int(window)
+    while True:  # a featureless (or masked) centre is not a featureless scene: widen the window first
+        lr, msi, wy, wx = _central_window(lr_src, msi_src, s, need, side)
+        try:
+            _check_signal(lr, msi, lr_src.path, msi_src.path)
+            break
+        except InputError:
+            if wy >= lr_src.height and wx >= lr_src.width:
+                raise
+            side *= 4
     border = need if min(wy, wx) > 2 * need + 8 else 0  # the true border rule is unknown: leave it out
     try:
         return estimate_pair(lr, msi, s, halo=need, psf=psf, srf=srf, border=border)

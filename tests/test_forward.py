@@ -265,3 +265,16 @@ def test_resize_degradations_are_recognised(scene, rgb, name):
     told = fuse_arrays(lr, msi, FuseConfig(model="gsa", psf=psf, srf=rgb))
     blind = fuse_arrays(lr, msi, FuseConfig(model="gsa"))
     assert _psnr(scene, blind) > _psnr(scene, told) - 0.05
+
+
+def test_a_featureless_centre_widens_the_window(rgb):
+    """A large scene whose centre is uniform (a lake, a masked area) is still estimated, from a wider window."""
+    from hsfuse.forward import estimate_from_sources
+
+    z = np.concatenate([synthetic_scene(128, seed=s) for s in (6, 7)], 2)
+    z = np.concatenate([z, z[:, ::-1]], 1)  # 256 x 256
+    z[:, 64:192, 64:192] = z[:, 64:192, 64:192].mean(axis=(1, 2), keepdims=True)  # a flat centre
+    psf = Psf.block(gaussian_kernel(4, 1.0))
+    lr, msi = _pair(z, psf, rgb)
+    est = estimate_from_sources(ArraySource(lr), ArraySource(msi), 4, window=24)
+    assert est.status == "good" and est.pixels > 24 * 24
