@@ -683,9 +683,17 @@ def resolve_forward_model(cfg, scale: int, lr_src, msi_src, notify=None) -> Forw
                 raise InputError(f"the reused estimate is for x{est.psf.scale} and SRF {est.srf.shape}; this pair is "
                                  f"x{scale} with ({msi_src.bands}, {lr_src.bands})", msi_src.path)
         elif isinstance(mode, str) and mode == "auto":
-            est = estimate_from_sources(lr_src, msi_src, scale, psf=psf, srf=srf)
+            try:
+                est = estimate_from_sources(lr_src, msi_src, scale, psf=psf, srf=srf)
+            except InputError as e:
+                if "too few valid LR pixels" not in e.message:
+                    raise
+                est = None  # a tiny pair: nothing to estimate from; the old assumptions, said aloud
+                if notify:
+                    notify(f"warning: {e.message}; assuming a Gaussian PSF with FWHM = scale (give --psf/--srf)")
         else:
             raise UsageError(f"estimate must be auto or off, got {mode!r}")
+    if est is not None:
         if est.residual > RESIDUAL_FAIL and not cfg.force:
             raise InputError(f"the MSI does not match the LR cube (relative residual {est.residual:.2f} of the "
                              "forward-model fit, > " f"{RESIDUAL_FAIL:g}): another scene or date, grossly misregistered "
@@ -707,7 +715,7 @@ def resolve_forward_model(cfg, scale: int, lr_src, msi_src, notify=None) -> Forw
     if psf is None:
         from .degrade import Psf as _Psf
 
-        psf, psf_source = _Psf.gaussian(scale), "assumed: Gaussian with FWHM = scale (estimation off)"
+        psf, psf_source = _Psf.gaussian(scale), "assumed: Gaussian with FWHM = scale (not estimated)"
     noise, denoise = None, (False, False)
     dmode = str(getattr(cfg, "denoise", "auto")).lower()
     if dmode not in ("auto", "on", "off"):

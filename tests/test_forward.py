@@ -278,3 +278,13 @@ def test_a_featureless_centre_widens_the_window(rgb):
     lr, msi = _pair(z, psf, rgb)
     est = estimate_from_sources(ArraySource(lr), ArraySource(msi), 4, window=24)
     assert est.status == "good" and est.pixels > 24 * 24
+
+
+def test_a_tiny_pair_falls_back_to_the_assumption_and_says_so(rgb):
+    z = synthetic_scene(16, seed=2)
+    psf = Psf.block(gaussian_kernel(8, 2.0))
+    lr, msi = _pair(z, psf, rgb)  # 2 x 2 LR pixels: nothing to estimate from
+    said = []
+    plan = make_plan(ArraySource(lr), ArraySource(msi), FuseConfig(model="gsa"), said.append)
+    assert plan.forward.estimate is None and plan.psf_source.startswith("assumed")
+    assert any("too few valid LR pixels" in m for m in said)
