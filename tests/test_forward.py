@@ -288,3 +288,13 @@ def test_a_tiny_pair_falls_back_to_the_assumption_and_says_so(rgb):
     plan = make_plan(ArraySource(lr), ArraySource(msi), FuseConfig(model="gsa"), said.append)
     assert plan.forward.estimate is None and plan.psf_source.startswith("assumed")
     assert any("too few valid LR pixels" in m for m in said)
+
+
+@pytest.mark.skipif(not _mhf_available(), reason="MHF-Net response file (../shared) not available")
+def test_an_msi_in_other_units_does_not_get_a_network():
+    """An 8-bit-like MSI (×255) follows cave-gauss-x8's PSF, but its gain is not the training one: gsa."""
+    z = np.concatenate([synthetic_scene(128, seed=s) for s in (1, 2)], 2)[:, :, :128]
+    psf, srf = get_protocol("cave-gauss-x8").build()
+    lr, msi = _pair(z, psf, srf)
+    plan = make_plan(ArraySource(lr, CubeMeta(wavelengths=WAVELENGTHS)), ArraySource(255 * msi), FuseConfig())
+    assert plan.model.name == "gsa" and "gain" in plan.model_reason

@@ -249,6 +249,10 @@ def _srf_mismatch(rec: dict[str, Any], srf: np.ndarray | None, protocol: str | N
     trained = rec.get("srf_summary") or {}
     if srf is None:
         return f"the MSI's SRF is unknown (give --protocol {rec.get('protocol')} or --srf to use it)"
+    gains = np.asarray(srf, dtype=np.float64).sum(1)
+    if np.any(np.abs(gains - 1.0) > 0.1):  # trained on MSI = R·Z with rows of R summing to 1 (unit gain)
+        return (f"the MSI's gain relative to the LR is {', '.join(f'{g:.3g}' for g in gains[:6])} (the network "
+                "was trained on an MSI in the LR's units, gain 1)")
     wl = wavelengths if wavelengths is not None else rec.get("wavelengths")
     given = srf_summary(srf, wl)
     if given["sha256"] == trained.get("sha256"):
