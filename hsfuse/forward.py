@@ -622,6 +622,31 @@ def estimate_from_sources(lr_src, msi_src, scale: int, *, psf: Psf | None = None
         raise
 
 
+def _json_doc(spec: str) -> dict:
+    from .blind import _read_json
+
+    path = spec.rsplit(":", 1)[0] if spec.lower().endswith((":gaussian", ":kernel")) else spec
+    try:
+        return _read_json(path)
+    except InputError:
+        return {}
+
+
+def _json_preset(spec: str, psf: Psf | None, scale: int) -> str | None:
+    """The preset a saved estimate recognised, when the PSF read back from it is still exactly that preset."""
+    name = ((_json_doc(spec).get("estimate") or {}).get("preset")) if psf is not None else None
+    if not name:
+        return None
+    for n, p, _ in preset_forward_models(scale, 0, 0):
+        if n == name and psf_distance(psf, p) < 1e-9:
+            return name
+    return None
+
+
+def _json_srf_kind(spec: str) -> str | None:
+    return (_json_doc(spec).get("estimate") or {}).get("srf_kind")
+
+
 def _is_json_spec(spec: str) -> bool:
     """An estimate written by `hsfuse estimate` or `fuse --save-estimate`: FILE.json[:gaussian|:kernel]."""
     return spec.lower().endswith(".json") or ".json:" in spec.lower()
@@ -653,6 +678,10 @@ def resolve_forward_model(cfg, scale: int, lr_src, msi_src, notify=None) -> Forw
         from .blind import psf_from_json
 
         psf, psf_source, exact = psf_from_json(cfg.psf, scale), f"--psf {cfg.psf}", False
+        json_preset = _json_preset(cfg.psf, psf, scale)
+        if json_preset is not None:  # a saved estimate that had recognised a preset: exact, as it was then
+            exact = True
+            psf_source += f" (preset {json_preset})"
     elif isinstance(cfg.psf, str):
         from .degrade import make_psf
 
@@ -665,6 +694,9 @@ def resolve_forward_model(cfg, scale: int, lr_src, msi_src, notify=None) -> Forw
         from .blind import srf_from_json
 
         srf, srf_source = srf_from_json(cfg.srf), f"--srf {cfg.srf} (estimated, gain applied)"
+        if (isinstance(cfg.psf, str) and _is_json_spec(cfg.psf) and _json_preset(cfg.psf, psf, scale) is not None
+                and _json_srf_kind(cfg.srf) == f"preset {_json_preset(cfg.psf, psf, scale)}"):
+            protocol = _json_preset(cfg.psf, psf, scale)  # both from a saved estimate that followed a preset
     elif isinstance(cfg.srf, str):
         from .srf import load_srf
 

@@ -310,3 +310,19 @@ def test_a_wide_psf_at_x16_is_within_reach(rgb):
     told = fuse_arrays(lr, msi, FuseConfig(model="gsa", psf=psf, srf=rgb))
     blind = fuse_arrays(lr, msi, FuseConfig(model="gsa"))
     assert _psnr(z, blind) > _psnr(z, told) - 0.3
+
+
+def test_a_saved_estimate_keeps_the_preset_it_recognised(tmp_path, scene, rgb):
+    """--save-estimate then --psf F --srf F fuses exactly as the no-flag run did (the PSF stays exact)."""
+    psf = get_protocol("wald-gauss").build_psf(4)
+    lp, mp = _write_pair(tmp_path, scene, psf, rgb)
+    r = runner.invoke(app, ["fuse", str(lp), str(mp), "-o", str(tmp_path / "a.tif"), "--model", "gsa",
+                            "--save-estimate", str(tmp_path / "e.json"), "-q"])
+    assert r.exit_code == 0, r.output
+    from hsfuse.io import open_cube
+
+    spec = str(tmp_path / "e.json")
+    with open_cube(lp) as lr, open_cube(mp) as msi:
+        plan = make_plan(lr, msi, FuseConfig(model="gsa", psf=spec, srf=spec))
+    assert plan.forward.exact and "preset wald-gauss" in plan.psf_source
+    assert psf_distance(plan.psf, psf) < 1e-9
