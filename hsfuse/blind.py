@@ -247,28 +247,41 @@ def estimate_psf_kernel(lr: np.ndarray, msi: np.ndarray, srf: np.ndarray, scale:
     if smooth > 0:
         dd = _diff2d(k)
         g = g + float(smooth) * np.trace(g) / (k * k) * (dd.T @ dd)
-    vec = np.ones(k * k) / k
-    for _ in range(100):  # power iteration: the Lipschitz constant of the gradient
+    x0 = gaussian_kernel(k, s / 2.3548) if init is None else np.asarray(init, dtype=np.float64)
+    x = simplex_qp(g, rhs, x0.ravel(), iters=int(iters), tol=1e-10, power_iters=100, margin=1.02)
+    if x is None:
+        raise InputError("the MSI has no signal to estimate the PSF from")
+    return x.reshape(k, k)
+
+
+def simplex_qp(g: np.ndarray, rhs: np.ndarray, x0: np.ndarray, iters: int, tol: float, power_iters: int = 100,
+               margin: float = 1.02) -> np.ndarray | None:
+    """min ½xᵀGx − rhsᵀx on the simplex {x ≥ 0, Σx = 1} by FISTA from ``x0``; None when G is zero.
+
+    The step is 1/L with L the largest eigenvalue of G by power iteration (times ``margin``): no
+    eigensolver on the k²×k² matrix. Stops when no coordinate moves by ``tol``.
+    """
+    vec = np.full(g.shape[0], 1.0 / math.sqrt(g.shape[0]))
+    lip = 0.0
+    for _ in range(power_iters):
         nv = g @ vec
         lip = float(np.linalg.norm(nv))
         if lip == 0:
             break
         vec = nv / lip
-    lip *= 1.02
+    lip *= margin
     if not lip > 0:
-        raise InputError("the MSI has no signal to estimate the PSF from")
-    x = (gaussian_kernel(k, s / 2.3548) if init is None else np.asarray(init, dtype=np.float64)).ravel()
-    x = _project_simplex(x)
+        return None
+    x = _project_simplex(np.asarray(x0, dtype=np.float64))
     yv, t = x.copy(), 1.0
-    for _ in range(int(iters)):  # FISTA on the simplex
+    for _ in range(int(iters)):
         x_new = _project_simplex(yv - (g @ yv - rhs) / lip)
         t_new = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
         yv = x_new + ((t - 1.0) / t_new) * (x_new - x)
-        if np.max(np.abs(x_new - x)) < 1e-10:
-            x = x_new
-            break
+        if np.max(np.abs(x_new - x)) < tol:
+            return x_new
         x, t = x_new, t_new
-    return x.reshape(k, k)
+    return x
 
 
 def fit_gaussian_sigma(kernel: np.ndarray) -> tuple[float, tuple[float, float]]:

@@ -161,13 +161,8 @@ def estimate_psf_sigma(
     return golden_min(cost, np.asarray(sigmas, dtype=np.float64), steps=12, refine=refine)
 
 
-def golden_min(f, grid: np.ndarray, steps: int, refine: bool = True) -> float:
-    """argmin of a 1-D cost over ``grid``, refined by golden-section search between the best point's neighbours."""
-    costs = [f(float(v)) for v in grid]
-    j = int(np.argmin(costs))
-    if not refine or len(grid) < 3:
-        return float(grid[j])
-    lo, hi = float(grid[max(j - 1, 0)]), float(grid[min(j + 1, len(grid) - 1)])
+def golden_section(f, lo: float, hi: float, steps: int) -> tuple[float, float, float, float]:
+    """Golden-section search of a 1-D cost on [lo, hi]: (best probe x, its cost, final lo, final hi)."""
     gr = (math.sqrt(5) - 1) / 2
     x1, x2 = hi - gr * (hi - lo), lo + gr * (hi - lo)
     f1, f2 = f(x1), f(x2)
@@ -180,5 +175,16 @@ def golden_min(f, grid: np.ndarray, steps: int, refine: bool = True) -> float:
             lo, x1, f1 = x1, x2, f2
             x2 = lo + gr * (hi - lo)
             f2 = f(x2)
-    return (lo + hi) / 2
+    x, fx = (x1, f1) if f1 < f2 else (x2, f2)
+    return x, fx, lo, hi
 
+
+def golden_min(f, grid: np.ndarray, steps: int, refine: bool = True) -> float:
+    """argmin of a 1-D cost over ``grid``, refined by golden-section search between the best point's neighbours."""
+    costs = [f(float(v)) for v in grid]
+    j = int(np.argmin(costs))
+    if not refine or len(grid) < 3:
+        return float(grid[j])
+    lo, hi = float(grid[max(j - 1, 0)]), float(grid[min(j + 1, len(grid) - 1)])
+    _, _, lo, hi = golden_section(f, lo, hi, steps)
+    return (lo + hi) / 2

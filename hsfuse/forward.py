@@ -247,7 +247,6 @@ class _Sample:
         keep = np.flatnonzero(ev[:p] > max(ev[0], 0.0) * 1e-12) if ev.size and ev[0] > 0 else np.zeros(0, int)
         v = (u[:, keep].T @ xc) / np.sqrt(ev[keep])[:, None]  # (k, N), orthonormal rows
         self.q = np.concatenate([np.full((1, self.n), 1.0 / math.sqrt(self.n)), v], 0).T
-        self.spectral_rank = int(keep.size)
 
     def degrade(self, kern: np.ndarray) -> np.ndarray:
         """(m, N): the MSI degraded with a k×k kernel at the sample pixels."""
@@ -294,27 +293,13 @@ def _gauss(k: int, sigma: float, cy: float, cx: float) -> np.ndarray:
     return kern / kern.sum()
 
 
-def _golden(f, lo: float, hi: float, steps: int) -> tuple[float, float]:
-    gr = (math.sqrt(5) - 1) / 2
-    x1, x2 = hi - gr * (hi - lo), lo + gr * (hi - lo)
-    f1, f2 = f(x1), f(x2)
-    for _ in range(steps):
-        if f1 < f2:
-            hi, x2, f2 = x2, x1, f1
-            x1 = hi - gr * (hi - lo)
-            f1 = f(x1)
-        else:
-            lo, x1, f1 = x1, x2, f2
-            x2 = lo + gr * (hi - lo)
-            f2 = f(x2)
-    return (x1, f1) if f1 < f2 else (x2, f2)
-
-
 def _line_search(f, grid: np.ndarray, steps: int = 10) -> tuple[float, float]:
     costs = [f(float(v)) for v in grid]
     j = int(np.argmin(costs))
+    from .estimate import golden_section
+
     lo, hi = float(grid[max(j - 1, 0)]), float(grid[min(j + 1, len(grid) - 1)])
-    x, c = _golden(f, lo, hi, steps)
+    x, c, _, _ = golden_section(f, lo, hi, steps)
     return (x, c) if c < costs[j] else (float(grid[j]), float(costs[j]))
 
 
@@ -352,7 +337,7 @@ def _fit_gaussian(sample: _Sample, srf: np.ndarray | None) -> tuple[float, float
 def _fit_free_kernel(sample: _Sample, init: np.ndarray, srf: np.ndarray, rows: np.ndarray,
                      smooth: float = 1e-4, iters: int = 400) -> np.ndarray:
     """Non-negative kernel summing to 1 minimising ‖degrade(MSI) − g·SRF·LR‖² + λ‖∇K‖² on ``rows`` (FISTA)."""
-    from .blind import _diff2d, _project_simplex
+    from .blind import _diff2d, simplex_qp
 
     # on the default support (the sample's may be wider, to hold the preset kernels), centred alike
     kf = min(sample.k, support_for(sample.scale))
@@ -368,27 +353,9 @@ def _fit_free_kernel(sample: _Sample, init: np.ndarray, srf: np.ndarray, rows: n
         rhs += a.T.astype(np.float64) @ t[i]
     dd = _diff2d(k)
     g = g + smooth * np.trace(g) / (k * k) * (dd.T @ dd)
-    vec = np.full(k * k, 1.0 / k)
-    lip = 0.0
-    for _ in range(50):  # power iteration: the Lipschitz constant of the gradient (no k²×k² eigensolver)
-        nv = g @ vec
-        lip = float(np.linalg.norm(nv))
-        if lip == 0:
-            break
-        vec = nv / lip
-    lip *= 1.05
-    if not lip > 0:
+    x = simplex_qp(g, rhs, init.ravel(), iters=iters, tol=1e-9, power_iters=50, margin=1.05)
+    if x is None:
         return init_full
-    x = _project_simplex(init.ravel())
-    yv, tk = x.copy(), 1.0
-    for _ in range(iters):
-        xn = _project_simplex(yv - (g @ yv - rhs) / lip)
-        tn = (1.0 + math.sqrt(1.0 + 4.0 * tk * tk)) / 2.0
-        yv = xn + ((tk - 1.0) / tn) * (xn - x)
-        if np.max(np.abs(xn - x)) < 1e-9:
-            x = xn
-            break
-        x, tk = xn, tn
     out = np.zeros_like(init_full)
     out[c0:c0 + k, c0:c0 + k] = x.reshape(k, k)
     return out
@@ -438,7 +405,7 @@ def _psf_key(psf: Psf) -> tuple:
 
 def estimate_pair(lr: np.ndarray, msi_ext: np.ndarray, scale: int, *, halo: int | None = None,
                   psf: Psf | None = None, srf: np.ndarray | None = None, presets: bool = True,
-                  border: int | None = None, max_pixels: int = MAX_FIT_PIXELS) -> PairEstimate:
+                  border: int | None = None, max_pixels: int = MAX_FIT_PIXELS, checked: bool = False) -> PairEstimate:
     """Estimate what is not given of (PSF, SRF) for an LR (C, h, w) and its MSI (module docstring).
 
     ``msi_ext`` is the MSI over the LR window extended by ``halo`` LR pixels on each side (mirrored at
@@ -466,7 +433,8 @@ def estimate_pair(lr: np.ndarray, msi_ext: np.ndarray, scale: int, *, halo: int 
         srf = np.asarray(srf, dtype=np.float64)
         if srf.shape != (m, c):
             raise InputError(f"SRF has shape {srf.shape}, expected (MSI bands, LR bands) = ({m}, {c})")
-    _check_signal(lr, msi_ext)
+    if not checked:  # estimate_from_sources has checked its window already
+        _check_signal(lr, msi_ext)
     sample = _Sample(lr, msi_ext, halo, s, k, max_pixels, border=0 if border is None else border)
     warns: list[str] = []
     cands: dict[str, float] = {}
@@ -615,7 +583,7 @@ def estimate_from_sources(lr_src, msi_src, scale: int, *, psf: Psf | None = None
             side *= 4
     border = need if min(wy, wx) > 2 * need + 8 else 0  # the true border rule is unknown: leave it out
     try:
-        return estimate_pair(lr, msi, s, halo=need, psf=psf, srf=srf, border=border)
+        return estimate_pair(lr, msi, s, halo=need, psf=psf, srf=srf, border=border, checked=True)
     except InputError as e:
         if e.path is None:
             raise InputError(e.message, msi_src.path) from None
@@ -661,7 +629,7 @@ def resolve_forward_model(cfg, scale: int, lr_src, msi_src, notify=None) -> Forw
     """
     psf = srf = None
     psf_source, srf_source = "", "not given"
-    exact, protocol = False, None
+    exact, protocol, json_preset = False, None, None
     if cfg.protocol:
         from .protocols import get_protocol
 
@@ -678,7 +646,7 @@ def resolve_forward_model(cfg, scale: int, lr_src, msi_src, notify=None) -> Forw
         from .blind import psf_from_json
 
         psf, psf_source, exact = psf_from_json(cfg.psf, scale), f"--psf {cfg.psf}", False
-        json_preset = _json_preset(cfg.psf, psf, scale)
+        json_preset = _json_preset(cfg.psf, psf, scale)  # read once: the SRF below may come from the same file
         if json_preset is not None:  # a saved estimate that had recognised a preset: exact, as it was then
             exact = True
             psf_source += f" (preset {json_preset})"
@@ -694,9 +662,8 @@ def resolve_forward_model(cfg, scale: int, lr_src, msi_src, notify=None) -> Forw
         from .blind import srf_from_json
 
         srf, srf_source = srf_from_json(cfg.srf), f"--srf {cfg.srf} (estimated, gain applied)"
-        if (isinstance(cfg.psf, str) and _is_json_spec(cfg.psf) and _json_preset(cfg.psf, psf, scale) is not None
-                and _json_srf_kind(cfg.srf) == f"preset {_json_preset(cfg.psf, psf, scale)}"):
-            protocol = _json_preset(cfg.psf, psf, scale)  # both from a saved estimate that followed a preset
+        if json_preset is not None and _json_srf_kind(cfg.srf) == f"preset {json_preset}":
+            protocol = json_preset  # both from a saved estimate that followed a preset
     elif isinstance(cfg.srf, str):
         from .srf import load_srf
 

@@ -346,14 +346,6 @@ def choose_model(lr: CubeSource, msi: CubeSource, scale: int, srf: np.ndarray | 
     return get_model("gsa"), None, f"no pretrained model fits these inputs{tail}; using classical detail injection 'gsa'"
 
 
-def resolve_psf_srf(cfg: FuseConfig, scale: int, lr: CubeSource, msi: CubeSource):
-    """(psf, psf_source, srf, srf_source): kept for callers of the old API; see hsfuse.forward."""
-    from ..forward import resolve_forward_model
-
-    fm = resolve_forward_model(cfg, scale, lr, msi)
-    return fm.psf, fm.psf_source, fm.srf, fm.srf_source
-
-
 def make_plan(lr: CubeSource, msi: CubeSource, cfg: FuseConfig, notify: Callable[[str], None] | None = None) -> FusePlan:
     from ..forward import resolve_forward_model
 
