@@ -544,36 +544,47 @@ def _check_signal(lr: np.ndarray, msi: np.ndarray, lr_path=None, msi_path=None) 
                              "(give --psf and --srf, or --protocol)", path)
 
 
-def _central_window(lr_src, msi_src, scale: int, need: int, window: int | None):
+def _central_window(lr_src, msi_src, scale: int, need: int, window: int | None, cache: dict | None = None):
+    """(LR window, MSI window with ``need`` LR pixels of halo, rows, cols); ``cache`` keeps the last read so
+    the forward-model and the noise estimates of one pair read the files once."""
     from .cube import Window
     from .fusion.tiling import read_mirrored
 
     s = int(scale)
     window = max(16, WINDOW_HR // s) if window is None else int(window)
+    key = (s, need, window)
+    if cache is not None and cache.get("key") == key:
+        return cache["value"]
     h, w = lr_src.height, lr_src.width
     wy, wx = min(h, window), min(w, window)
     y0, x0 = (h - wy) // 2, (w - wx) // 2
     lr = lr_src.read(Window(y0, x0, wy, wx))
     msi = read_mirrored(msi_src, y0 - need, y0 + wy + need, x0 - need, x0 + wx + need, s)
+    if cache is not None:
+        cache.update(key=key, value=(lr, msi, wy, wx))
     return lr, msi, wy, wx
 
 
-def noise_from_sources(lr_src, msi_src, scale: int):
+def noise_from_sources(lr_src, msi_src, scale: int, cache: dict | None = None):
     """``hsfuse.denoise.estimate_noise`` on the same central window the forward-model estimate reads."""
     from .denoise import estimate_noise
 
-    lr, msi, _, _ = _central_window(lr_src, msi_src, scale, 0, None)
+    s = int(scale)
+    _, _, need = estimation_support(s, None, presets=True)
+    lr, msi, _, _ = _central_window(lr_src, msi_src, s, need, None, cache)
+    if need:
+        msi = msi[:, need * s:msi.shape[1] - need * s, need * s:msi.shape[2] - need * s]
     return estimate_noise(lr, msi)
 
 
 def estimate_from_sources(lr_src, msi_src, scale: int, *, psf: Psf | None = None, srf: np.ndarray | None = None,
-                          window: int | None = None) -> PairEstimate:
+                          window: int | None = None, cache: dict | None = None) -> PairEstimate:
     """``estimate_pair`` on a central window of two opened cubes (bounded memory whatever the file size)."""
     s = int(scale)
     _, _, need = estimation_support(s, psf, presets=True)
     side = max(16, WINDOW_HR // s) if window is None else int(window)
     while True:  # a featureless (or masked) centre is not a featureless scene: widen the window first
-        lr, msi, wy, wx = _central_window(lr_src, msi_src, s, need, side)
+        lr, msi, wy, wx = _central_window(lr_src, msi_src, s, need, side, cache)
         try:
             _check_signal(lr, msi, lr_src.path, msi_src.path)
             break
@@ -630,6 +641,7 @@ def resolve_forward_model(cfg, scale: int, lr_src, msi_src, notify=None) -> Forw
     psf = srf = None
     psf_source, srf_source = "", "not given"
     exact, protocol, json_preset = False, None, None
+    windows: dict = {}  # the central window, read once for the estimate and the noise
     if cfg.protocol:
         from .protocols import get_protocol
 
@@ -688,7 +700,7 @@ def resolve_forward_model(cfg, scale: int, lr_src, msi_src, notify=None) -> Forw
                                  f"x{scale} with ({msi_src.bands}, {lr_src.bands})", msi_src.path)
         elif isinstance(mode, str) and mode == "auto":
             try:
-                est = estimate_from_sources(lr_src, msi_src, scale, psf=psf, srf=srf)
+                est = estimate_from_sources(lr_src, msi_src, scale, psf=psf, srf=srf, cache=windows)
             except InputError as e:
                 if "too few valid LR pixels" not in e.message:
                     raise
@@ -725,7 +737,7 @@ def resolve_forward_model(cfg, scale: int, lr_src, msi_src, notify=None) -> Forw
     if dmode not in ("auto", "on", "off"):
         raise UsageError(f"denoise must be auto, on or off, got {dmode!r}")
     if dmode != "off":
-        noise = noise_from_sources(lr_src, msi_src, scale)
+        noise = noise_from_sources(lr_src, msi_src, scale, cache=windows)
         denoise = (True, True) if dmode == "on" else noise.noisy()
         if dmode == "auto" and any(denoise):
             # noise of the *observations* makes the two inputs disagree through the forward model; "noise"
