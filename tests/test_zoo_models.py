@@ -26,6 +26,7 @@ TINY = {
     "mftn": {"nf": 8, "heads": 8},
     "hyfusion": {"nf": 8, "heads": 2, "window": 4, "blocks": 1},
     "mulsr": {"nf": 8, "blocks": 2},
+    "refine": {"nf": 8, "hr_nf": 4, "blocks": 1},
 }
 
 
@@ -44,7 +45,7 @@ def _run(net, lr, msi, prior=None):
 # --------------------------------------------------------------------- shapes, default widths
 
 # (LR h, w) per scale: x32 is a 1x2 LR tile (HR 32x64)
-LR_SIZE = {4: (4, 5), 8: (2, 3), 16: (2, 3), 32: (1, 2)}
+LR_SIZE = {3: (3, 5), 4: (4, 5), 8: (2, 3), 16: (2, 3), 32: (1, 2)}
 
 
 @pytest.mark.parametrize("bands,msi_bands", [(31, 3), (48, 4)])
@@ -52,6 +53,7 @@ LR_SIZE = {4: (4, 5), 8: (2, 3), 16: (2, 3), 32: (1, 2)}
     ("mftn", 8, 4), ("mftn", 8, 8), ("mftn", 32, 32),
     ("hyfusion", 8, 4), ("hyfusion", 8, 8), ("hyfusion", 32, 32),
     ("mulsr", 8, 4), ("mulsr", 8, 8), ("mulsr", 32, 16), ("mulsr", 32, 32),
+    ("refine", 8, 8), ("refine", 32, 32), ("refine", 3, 3),
 ])
 def test_forward_shapes(arch, built_scale, scale, bands, msi_bands):
     torch.manual_seed(0)
@@ -189,6 +191,8 @@ def _loss(arch, net, lr, msi, gt):
         return mftn_loss(out, gt, net=net, aux=aux)
     if arch == "hyfusion":
         return hyfusion_loss(net(lr, msi), gt)
+    if arch == "refine":
+        return {"total": F.l1_loss(net(lr, msi), gt)}
     return mulsr_loss(net(lr, msi), gt)
 
 
@@ -293,6 +297,29 @@ def test_mulsr_at_its_small_scale_tiles_exactly_on_any_tile_grid(tmp_path):
     assert f.align == 2 and NetworkFuser(FusionProblem(4, 5, 3, options=opts)).align == 1
 
 
+def test_refine_tiles_exactly_at_an_odd_scale_and_odd_sizes(tmp_path):
+    """refine's body runs on a 2x2 pixel-unshuffle grid: at x3 the fuser starts every tile on an even LR
+    pixel (an even HR pixel), so tiles of odd LR width and an odd-sized scene still equal the untiled run."""
+    from hsfuse.fusion.engine import FuseConfig, fuse_arrays
+    from hsfuse.weights import save_weights
+
+    torch.manual_seed(0)
+    net = build_network("refine", {"bands": 5, "msi_bands": 3, "scale": 3, "prior": True, **TINY["refine"]})
+    torch.nn.init.normal_(net.tail.weight, std=0.1)  # the zero-initialised tail would hide the network
+    stem = tmp_path / "refine-x3"
+    save_weights(stem, net.state_dict(), {"architecture": "refine", "kwargs": net.config, "bands": 5, "msi_bands": 3,
+                                          "scales": [3], "protocol": "test", "steps": 0,
+                                          "training_data": "none (untrained test weights)", "validation_metrics": {}})
+    rng = np.random.default_rng(0)
+    lr, msi = rng.random((5, 21, 17), dtype=np.float32), rng.random((3, 63, 51), dtype=np.float32)
+    opts = {"weights": str(stem)}
+    whole = fuse_arrays(lr, msi, FuseConfig(model="refine", tile=4096, overlap=0, options=opts, estimate="off"))
+    tiled = fuse_arrays(lr, msi, FuseConfig(model="refine", tile=15, overlap=0, options=opts, estimate="off"))  # 5-LR-pixel tiles
+    assert whole.shape == (5, 63, 51) and np.isfinite(whole).all()
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
+    assert NetworkFuser(FusionProblem(3, 5, 3, options=opts)).align == 2
+
+
 def test_dihedral_inverts_and_covers_the_eight_transforms():
     from hsfuse.models.zoo_fuser import dihedral
 
@@ -338,7 +365,7 @@ def test_network_fuser_without_weights_says_so():
 # --------------------------------------------------------------------- receptive field (the tiling halo)
 
 
-@pytest.mark.parametrize("arch,scale", [("mftn", 4), ("hyfusion", 4), ("mulsr", 8)])
+@pytest.mark.parametrize("arch,scale", [("mftn", 4), ("hyfusion", 4), ("mulsr", 8), ("refine", 8), ("refine", 3)])
 def test_receptive_radius_bounds_the_dependence(arch, scale):
     """No input pixel farther than ``receptive_radius_hr`` from an output pixel changes it (gradient support)."""
     torch.manual_seed(0)
@@ -360,7 +387,7 @@ def test_receptive_radius_bounds_the_dependence(arch, scale):
     assert max((centres(ys) - c).abs().max(), (centres(xs) - c).abs().max()) <= r + scale / 2
 
 
-@pytest.mark.parametrize("arch,scale", [("mftn", 4), ("hyfusion", 4), ("mulsr", 8)])
+@pytest.mark.parametrize("arch,scale", [("mftn", 4), ("hyfusion", 4), ("mulsr", 8), ("refine", 4)])
 def test_tiled_equals_untiled_with_receptive_halo(arch, scale):
     """With the receptive-radius halo, tiles cut on the window/stride grid reproduce the untiled result."""
     from hsfuse.models.csakd_fuser import run_tiled

@@ -312,10 +312,35 @@ def _psf_mismatch(rec: dict[str, Any], psf: Psf | None, protocol: str | None, to
     return f"the PSF differs from its training PSF ({trained}; kernel distance {d:.0%})"
 
 
+#: on a CPU, the default skips weights whose measured whole-run CPU cost is above this many times gsa's
+#: (a batch user's budget; the guide: "a few times gsa, not tens"); --model NAME still runs them
+MAX_CPU_COST_VS_GSA = 3.0
+
+
+def cpu_cost_vs_gsa(rec: dict[str, Any], scale: int) -> float | None:
+    """The record's measured whole-process CPU cost over gsa's at ``scale`` (benchmarks/bench_process.py), if any."""
+    try:
+        cost = (rec.get("cpu_cost_vs_gsa") or {}).get("ratio", {})
+        return float(cost[str(scale)]) if str(scale) in cost else None
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def _too_slow(rec: dict[str, Any], scale: int, device: str | None) -> str | None:
+    if device != "cpu":
+        return None
+    ratio = cpu_cost_vs_gsa(rec, scale)
+    if ratio is None or ratio <= MAX_CPU_COST_VS_GSA:
+        return None
+    return f"on a CPU it costs {ratio:.1f}x gsa (default limit {MAX_CPU_COST_VS_GSA:g}x; ask for it with --model)"
+
+
 def choose_model(lr: CubeSource, msi: CubeSource, scale: int, srf: np.ndarray | None = None,
-                 protocol: str | None = None, psf: Psf | None = None) -> tuple[ModelEntry, Path | None, str]:
+                 protocol: str | None = None, psf: Psf | None = None,
+                 device: str | None = None) -> tuple[ModelEntry, Path | None, str]:
     """The pretrained weights with the largest recorded validation gain over ``gsa`` among those that fit
-    the bands, wavelengths, scale, PSF and SRF; detail injection ``gsa`` when none fits."""
+    the bands, wavelengths, scale, PSF and SRF (and, on a CPU, cost at most MAX_CPU_COST_VS_GSA times gsa);
+    detail injection ``gsa`` when none fits."""
     from ..weights import read_record
 
     reasons, fits = [], []
@@ -323,7 +348,8 @@ def choose_model(lr: CubeSource, msi: CubeSource, scale: int, srf: np.ndarray | 
         if entry.kind == "supervised" and entry.available:
             for path in fitting_weights(entry, lr, msi, scale)[0]:  # e.g. an exact-camera model, then an any-RGB one
                 rec = read_record(path)
-                mismatch = _psf_mismatch(rec, psf, protocol) or _srf_mismatch(rec, srf, protocol, lr.meta.wavelengths)
+                mismatch = (_psf_mismatch(rec, psf, protocol) or _srf_mismatch(rec, srf, protocol, lr.meta.wavelengths)
+                            or _too_slow(rec, scale, device))
                 if mismatch is None:
                     fits.append((validation_gain(rec, scale), entry, path, float(rec.get("srf_tolerance_nm", 10.0))))
                 else:
@@ -359,8 +385,9 @@ def make_plan(lr: CubeSource, msi: CubeSource, cfg: FuseConfig, notify: Callable
             notify(f"warning: {prob} (fusing anyway: --force)")
     fm = resolve_forward_model(cfg, scale, lr, msi, notify=notify)
     psf, psf_source, srf, srf_source = fm.psf, fm.psf_source, fm.srf, fm.srf_source
+    device = resolve_device(cfg.device)
     if named is None:
-        entry, weights, reason = choose_model(lr, msi, scale, srf, fm.protocol, psf)
+        entry, weights, reason = choose_model(lr, msi, scale, srf, fm.protocol, psf, device)
     else:
         entry = named
         weights, reason = None, "chosen with --model"
@@ -400,7 +427,6 @@ def make_plan(lr: CubeSource, msi: CubeSource, cfg: FuseConfig, notify: Callable
         if len(cores) > 1:
             half = min(half, min(cores) // 2)
     rows, cols = spans(lr.height, tile_lr, half), spans(lr.width, tile_lr, half)
-    device = resolve_device(cfg.device)
     precision = cfg.precision.lower()
     if precision not in ("fp32", "bf16", "fp16"):
         raise UsageError(f"--precision must be fp32, bf16 or fp16, got '{cfg.precision}'")

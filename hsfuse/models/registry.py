@@ -128,6 +128,13 @@ _ENTRIES: list[ModelEntry] = [
         weights=("mulsr-cave-gauss-x8", "mulsr-cave-mhf-x32"), default_overlap=32,
     ),
     ModelEntry(
+        "refine", "supervised",
+        "Small CNN correcting the gsa estimate, its body on a half-resolution grid: about twice gsa's CPU cost.",
+        "hsfuse.models.zoo_fuser:RefineFuser", "band counts and scale of the trained weights",
+        paper="ours (docs/models/refine.md)", needs_psf=True,
+        weights=("refine-cave-gauss-x8", "refine-cave-mhf-x32"), default_overlap=16,
+    ),
+    ModelEntry(
         "hsr-diff", "supervised",
         "HSR-Diff conditional diffusion (CDFormer denoiser); few-step DDIM (default 8) or 100-step ancestral sampling.",
         "hsfuse.models.hsrdiff:HSRDiffFuser", "the trained band counts and scale (planned: 31 bands + RGB, x32)",

@@ -42,6 +42,7 @@ ARCHITECTURES: dict[str, str] = {
     "mftn": "hsfuse.models.mftn:MFTN",
     "hyfusion": "hsfuse.models.hyfusion:HyFusion",
     "mulsr": "hsfuse.models.mulsr:MulSR",
+    "refine": "hsfuse.models.refine:RefineNet",
 }
 
 
@@ -165,6 +166,11 @@ class NetworkFuser(Fuser):
         # padded to start on that block grid (fuse_tile), which costs up to align-1 more LR pixels of context
         small, large = getattr(self.net, "small_scale", 0), getattr(self.net, "scale", 0)
         self.align = large // small if small and problem.scale == small and large % small == 0 else 1
+        # a network with a pixel-unshuffle grid (refine: 2) needs tiles starting on it; at odd scales that
+        # takes tile origins on even LR pixels
+        grid = int(getattr(self.net, "grid_hr", 1))
+        if grid > 1 and problem.scale % grid:
+            self.align = math.lcm(self.align, grid)
         # LR consistency (models/consistency.py): on by default only with the exact PSF, where it pays
         mode = str(problem.options.get("lr_consistency", "auto")).lower()
         if mode not in LR_CONSISTENCY:
@@ -231,3 +237,7 @@ class HyFusionFuser(NetworkFuser):
 
 class MulSRFuser(NetworkFuser):
     name = "mulsr"
+
+
+class RefineFuser(NetworkFuser):
+    name = "refine"

@@ -43,6 +43,8 @@ MODELS: dict[str, ModelSpec] = {
                           {"l1": 1.0, "sam": 0.1, "swt": 0.1}),
     "mulsr": ModelSpec("mulsr", "mulsr", "mulsr", "MulSR, Multi-Scale Factor Joint Learning for HSI SR (IEEE TGRS)",
                        {"small": 1.0, "large": 1.0, "sam": 0.0}),
+    "refine": ModelSpec("refine", "refine", "refine", "ours (hsfuse issue 20): GSA-residual CNN, half-resolution body",
+                        {"l1": 1.0, "beba": 0.0, "sam": 0.1}),
     "hsr-diff": ModelSpec("hsr-diff", "hsrdiff-cdformer", "hsr-diff", "Wu et al., HSR-Diff, ICCV 2023 (arXiv 2306.12085)",
                           {"l1": 1.0, "spatial": 0.5, "spectral": 0.5, "top_level": 0.0}),
 }
@@ -101,7 +103,7 @@ def make_loss(model: str, weights: Mapping[str, float], fm=None) -> Callable:
     import torch
 
     w = dict(weights)
-    if model in ("student", "teacher"):
+    if model in ("student", "teacher", "refine"):
         from .loop import gt_losses
 
         def csakd(net, lr, msi, prior, hr):

@@ -1,0 +1,186 @@
+"""What a CPU user pays: whole `hsfuse fuse` processes, each shipped network against `gsa`, same run.
+
+For each protocol (cave-gauss-x8, cave-mhf-x32) the held-out CAVE scenes (fake_and_real_peppers, oil_painting,
+stuffed_toys; read from ../shared/data by path, never copied) are degraded with `hsfuse degrade` into a temporary
+folder; then `hsfuse fuse LR MSI -o OUT --protocol P --model M --overwrite --quiet` runs as a child process,
+`--repeats` times per scene and model, interleaved (gsa, net1, net2, ..., gsa, net1, ...) so that a slow minute of
+this shared machine hits every model alike. Per run: CPU seconds (user + system of the child, from wait4), peak
+RSS (ru_maxrss) and wall time; the quality (PSNR/SAM against the truth) from the first run's output. Reported:
+per model the median over scenes of the per-scene median CPU-s, its ratio to gsa's, the largest peak RSS, and
+the mean PSNR/SAM. No thread flag is given: the tool's own default (one thread per available core) is measured.
+
+    $ .venv/bin/python benchmarks/bench_process.py                       # every shipped network, 3 repeats
+    $ .venv/bin/python benchmarks/bench_process.py --models refine,mulsr --repeats 1
+    $ .venv/bin/python benchmarks/bench_process.py --write               # also replace the section in docs/BENCHMARKS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SHARED = REPO.parent / "shared" / "data"
+VAL = ("fake_and_real_peppers", "oil_painting", "stuffed_toys")
+PROTOCOLS = ("cave-gauss-x8", "cave-mhf-x32")
+BEGIN, END = "<!-- bench_process:begin -->", "<!-- bench_process:end -->"
+HSFUSE = [str(Path(sys.executable).with_name("hsfuse"))]  # the console script beside this interpreter
+
+
+def shipped_networks(scale: int) -> list[str]:
+    """Registry networks with installed weights for ``scale`` (registry order)."""
+    from hsfuse.models.registry import list_models
+    from hsfuse.weights import read_record
+
+    out = []
+    for e in list_models(include_unavailable=False):
+        if e.kind != "supervised":
+            continue
+        if any(scale in read_record(p).get("scales", []) for p in e.installed_weights()):
+            out.append(e.name)
+    return out
+
+
+def run_child(cmd: list[str]) -> dict:
+    """Run ``cmd``; its CPU seconds, peak RSS (GiB) and wall time, from wait4 (the child only)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, ru = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {err.strip()[-400:]}")
+    return {"cpu": ru.ru_utime + ru.ru_stime, "user": ru.ru_utime, "sys": ru.ru_stime,
+            "rss_gib": ru.ru_maxrss / 2**20, "wall": wall}
+
+
+def quality(out: Path, ref: Path) -> tuple[float, float]:
+    import numpy as np
+
+    from hsfuse.io import read_cube
+    from hsfuse.metrics import compute_metrics
+
+    rep = compute_metrics(read_cube(ref).data.astype(np.float64), read_cube(out).data.astype(np.float64), peak=1.0,
+                          ssim=False, uiqi=False, maps=False)
+    return float(rep.summary["psnr"]), float(rep.summary["sam"])
+
+
+def prepare(tmp: Path, protocol: str) -> list[tuple[str, Path, Path, Path]]:
+    """(scene, LR, MSI, HR truth) files for each validation scene, made by `hsfuse degrade`."""
+    import numpy as np
+
+    from hsfuse.io import read_cube, write_cube
+
+    pairs = []
+    for scene in VAL:
+        src = SHARED / "cave" / f"{scene}_ms"
+        lr, msi, hr = (tmp / f"{scene}_{protocol}_{k}.tif" for k in ("lr", "msi", "hr"))
+        subprocess.run(HSFUSE + ["degrade", str(src), "-p", protocol, "-o", str(lr), "--msi", str(msi), "--quiet",
+                                 "--overwrite"], check=True)
+        if not hr.exists():
+            cube = read_cube(src)
+            write_cube(hr, np.asarray(cube.data, np.float32), cube.meta)
+        pairs.append((scene, lr, msi, hr))
+    return pairs
+
+
+def measure(protocol: str, models: list[str], repeats: int, tmp: Path) -> list[dict]:
+    pairs = prepare(tmp, protocol)
+    rows = {m: {"model": m, "protocol": protocol, "runs": {}, "psnr": [], "sam": []} for m in models}
+    for scene, lr, msi, hr in pairs:
+        for r in range(repeats):
+            for m in models:
+                out = tmp / f"{scene}_{protocol}_{m}.tif"
+                res = run_child(HSFUSE + ["fuse", str(lr), str(msi), "-o", str(out), "--protocol", protocol,
+                                          "--model", m, "--overwrite", "--quiet"])
+                rows[m]["runs"].setdefault(scene, []).append(res)
+                if r == 0:
+                    p, s = quality(out, hr)
+                    rows[m]["psnr"].append(p)
+                    rows[m]["sam"].append(s)
+                print(f"{protocol} {scene} {m} run {r + 1}: {res['cpu']:.2f} CPU-s ({res['user']:.2f} user + "
+                      f"{res['sys']:.2f} sys), {res['rss_gib']:.2f} GiB, {res['wall']:.2f} s wall", flush=True)
+    out = []
+    base = None
+    for m in models:
+        row = rows[m]
+        per_scene = [statistics.median(x["cpu"] for x in runs) for runs in row["runs"].values()]
+        row["cpu"] = statistics.median(per_scene)
+        row["per_scene_cpu"] = per_scene
+        row["wall"] = statistics.median(statistics.median(x["wall"] for x in runs) for runs in row["runs"].values())
+        row["rss_gib"] = max(x["rss_gib"] for runs in row["runs"].values() for x in runs)
+        row["mean_psnr"] = statistics.fmean(row["psnr"])
+        row["mean_sam"] = statistics.fmean(row["sam"])
+        if m == "gsa":
+            base = row
+        out.append(row)
+    for row in out:
+        row["ratio"] = row["cpu"] / base["cpu"] if base else float("nan")
+        row["per_scene_ratio"] = [a / b for a, b in zip(row["per_scene_cpu"], base["per_scene_cpu"])] if base else []
+    return out
+
+
+def markdown(tables: dict[str, list[dict]], repeats: int) -> str:
+    import platform
+
+    import torch
+
+    lines = [BEGIN, "## What a CPU user pays (`benchmarks/bench_process.py`)", "",
+             f"Whole `hsfuse fuse --protocol P --model M` processes (start-up, reading, planning, fusion, LR "
+             f"consistency, writing), {platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, "
+             f"{time.strftime('%Y-%m-%d')}; the tool's default thread count. CPU-s = user + system seconds of the "
+             f"child process (median of {repeats} interleaved runs per scene, then the median over the 3 held-out "
+             "CAVE scenes, 512²×31); ratio = that over gsa's, same run; peak RSS = the largest ru_maxrss of any run. "
+             "Quality from the same outputs. **No GPU column: no GPU machine was lent to this project.**", ""]
+    for protocol, rows in tables.items():
+        lines += [f"`{protocol}`:", "", "| model | CPU-s (median) | × gsa | per-scene × gsa | peak RSS GiB | wall s | "
+                  "mean PSNR | mean SAM |", "|---|---:|---:|---|---:|---:|---:|---:|"]
+        for r in rows:
+            lines.append(f"| {r['model']} | {r['cpu']:.2f} | {r['ratio']:.2f} | "
+                         f"{', '.join(f'{x:.2f}' for x in r['per_scene_ratio'])} | {r['rss_gib']:.2f} | {r['wall']:.2f} | "
+                         f"{r['mean_psnr']:.2f} | {r['mean_sam']:.2f} |")
+        lines.append("")
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="", help="comma-separated networks (default: every shipped one); gsa is always run")
+    ap.add_argument("--protocols", default=",".join(PROTOCOLS))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--write", action="store_true", help="replace the section in docs/BENCHMARKS.md")
+    a = ap.parse_args()
+    if not (SHARED / "cave").is_dir():
+        sys.exit(f"needs the CAVE scenes under {SHARED / 'cave'}")
+    tables = {}
+    with tempfile.TemporaryDirectory(prefix="hsfuse-bench-") as tmp:
+        for protocol in a.protocols.split(","):
+            from hsfuse.protocols import get_protocol
+
+            scale = get_protocol(protocol).scale
+            nets = [m for m in a.models.split(",") if m] or shipped_networks(scale)
+            tables[protocol] = measure(protocol, ["gsa", *[m for m in nets if m != "gsa"]], a.repeats, Path(tmp))
+    md = markdown(tables, a.repeats)
+    print(md)
+    if a.write:
+        doc = REPO / "docs" / "BENCHMARKS.md"
+        text = doc.read_text()
+        if BEGIN in text:
+            head, rest = text.split(BEGIN, 1)
+            text = head + md + rest.split(END, 1)[1]
+        else:
+            text = text.rstrip("\n") + "\n\n" + md + "\n"
+        doc.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
