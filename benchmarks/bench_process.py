@@ -12,11 +12,17 @@ the mean PSNR/SAM. No thread flag is given: the tool's own default (one thread p
     $ .venv/bin/python benchmarks/bench_process.py                       # every shipped network, 3 repeats
     $ .venv/bin/python benchmarks/bench_process.py --models refine,mulsr --repeats 1
     $ .venv/bin/python benchmarks/bench_process.py --write               # also replace the section in docs/BENCHMARKS.md
+    $ .venv/bin/python benchmarks/bench_process.py --record              # also store each ratio in the weights record used
+
+`--record` writes `cpu_cost_vs_gsa` into the record of the weights each network ran with (the per-scale median
+ratio, the CPU seconds and the date): on a CPU, `hsfuse fuse` without --model skips weights recorded above
+`engine.MAX_CPU_COST_VS_GSA` times gsa.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -49,17 +55,21 @@ def shipped_networks(scale: int) -> list[str]:
 
 
 def run_child(cmd: list[str]) -> dict:
-    """Run ``cmd``; its CPU seconds, peak RSS (GiB) and wall time, from wait4 (the child only)."""
+    """Run ``cmd``; its CPU seconds, peak RSS (GiB) and wall time, from wait4 (the child only), and its stdout."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, ru = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {err.strip()[-400:]}")
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err)
+        _, status, ru = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+    code = os.waitstatus_to_exitcode(status)
+    proc.returncode = code
+    if code:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({code}): {stderr.strip()[-400:]}")
     return {"cpu": ru.ru_utime + ru.ru_stime, "user": ru.ru_utime, "sys": ru.ru_stime,
-            "rss_gib": ru.ru_maxrss / 2**20, "wall": wall}
+            "rss_gib": ru.ru_maxrss / 2**20, "wall": wall, "stdout": stdout}
 
 
 def quality(out: Path, ref: Path) -> tuple[float, float]:
@@ -100,8 +110,9 @@ def measure(protocol: str, models: list[str], repeats: int, tmp: Path) -> list[d
             for m in models:
                 out = tmp / f"{scene}_{protocol}_{m}.tif"
                 res = run_child(HSFUSE + ["fuse", str(lr), str(msi), "-o", str(out), "--protocol", protocol,
-                                          "--model", m, "--overwrite", "--quiet"])
+                                          "--model", m, "--overwrite", "--quiet", "--json"])
                 rows[m]["runs"].setdefault(scene, []).append(res)
+                rows[m]["weights"] = json.loads(res.pop("stdout")).get("plan", {}).get("weights")
                 if r == 0:
                     p, s = quality(out, hr)
                     rows[m]["psnr"].append(p)
@@ -126,6 +137,30 @@ def measure(protocol: str, models: list[str], repeats: int, tmp: Path) -> list[d
         row["ratio"] = row["cpu"] / base["cpu"] if base else float("nan")
         row["per_scene_ratio"] = [a / b for a, b in zip(row["per_scene_cpu"], base["per_scene_cpu"])] if base else []
     return out
+
+
+def record_costs(tables: dict[str, list[dict]]) -> None:
+    """Merge each network's measured ratio into ``cpu_cost_vs_gsa`` of the weights record it ran with."""
+    from hsfuse.protocols import get_protocol
+
+    for protocol, rows in tables.items():
+        scale = str(get_protocol(protocol).scale)
+        gsa = next(r for r in rows if r["model"] == "gsa")
+        for r in rows:
+            if r["model"] == "gsa" or not r.get("weights"):
+                continue
+            path = Path(r["weights"]).with_suffix(".json")
+            rec = json.loads(path.read_text())
+            cost = rec.get("cpu_cost_vs_gsa") or {"ratio": {}, "cpu_s": {}, "gsa_cpu_s": {}}
+            cost["ratio"][scale] = round(r["ratio"], 2)
+            cost["cpu_s"][scale] = round(r["cpu"], 2)
+            cost["gsa_cpu_s"][scale] = round(gsa["cpu"], 2)
+            cost["peak_rss_gib"] = {**cost.get("peak_rss_gib", {}), scale: round(r["rss_gib"], 2)}
+            cost["measured"] = (f"benchmarks/bench_process.py {time.strftime('%Y-%m-%d')}: whole `hsfuse fuse` "
+                                f"processes, {os.cpu_count()}-core CPU, median over the CAVE validation scenes")
+            rec["cpu_cost_vs_gsa"] = cost
+            path.write_text(json.dumps(rec, indent=2) + "\n")
+            print(f"recorded x{scale} cost {r['ratio']:.2f}x gsa in {path}")
 
 
 def markdown(tables: dict[str, list[dict]], repeats: int) -> str:
@@ -158,6 +193,7 @@ def main() -> None:
     ap.add_argument("--protocols", default=",".join(PROTOCOLS))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--write", action="store_true", help="replace the section in docs/BENCHMARKS.md")
+    ap.add_argument("--record", action="store_true", help="store each network's ratio in the weights record it ran with")
     a = ap.parse_args()
     if not (SHARED / "cave").is_dir():
         sys.exit(f"needs the CAVE scenes under {SHARED / 'cave'}")
@@ -169,6 +205,8 @@ def main() -> None:
             scale = get_protocol(protocol).scale
             nets = [m for m in a.models.split(",") if m] or shipped_networks(scale)
             tables[protocol] = measure(protocol, ["gsa", *[m for m in nets if m != "gsa"]], a.repeats, Path(tmp))
+    if a.record:
+        record_costs(tables)
     md = markdown(tables, a.repeats)
     print(md)
     if a.write:

@@ -235,9 +235,10 @@ def test_default_choice_follows_the_recorded_validation_gain(tmp_path, monkeypat
     import shutil
 
     stems = {"csakd-s": "csakd-s-cave-gauss-x8", "mftn": "mftn-cave-gauss-x8"}
+    shipped = registry.weights_dir()
     for stem in stems.values():
         for ext in (".json", ".safetensors"):
-            shutil.copy(registry.weights_dir() / f"{stem}{ext}", tmp_path / f"{stem}{ext}")
+            shutil.copy(shipped / f"{stem}{ext}", tmp_path / f"{stem}{ext}")
     monkeypatch.setenv("HSFUSE_WEIGHTS", str(tmp_path))
 
     def set_gain(stem, gain):
@@ -263,6 +264,19 @@ def test_default_choice_follows_the_recorded_validation_gain(tmp_path, monkeypat
     assert engine.make_plan(lr, msi, cfg).model.name == "mftn"
     for bad in ("garbage", {"model": "x"}, {"joint_scale": {"scale": "x8"}}):  # malformed: "not recorded", no crash
         assert engine.validation_gain({"validation_metrics": bad}, 8) is None
+    # on a CPU, weights recorded as costing more than MAX_CPU_COST_VS_GSA times gsa are not the default
+    shutil.copy(shipped / f"{stems['csakd-s']}.json", tmp_path / f"{stems['csakd-s']}.json")
+    set_gain(stems["csakd-s"], 1.2)
+    rec = json.loads((tmp_path / f"{stems['csakd-s']}.json").read_text())
+    rec["cpu_cost_vs_gsa"] = {"ratio": {"8": engine.MAX_CPU_COST_VS_GSA + 2}}
+    (tmp_path / f"{stems['csakd-s']}.json").write_text(json.dumps(rec))
+    plan = engine.make_plan(lr, msi, FuseConfig(srf=cfg.srf, psf=TRAIN_PSF, device="cpu"))
+    assert plan.model.name == "mftn" and "costs 5.0x gsa" in plan.model_reason
+    entry, _, _ = engine.choose_model(lr, msi, 8, cfg.srf, None, TRAIN_PSF, device="cuda")
+    assert entry.name == "csakd-s"  # on a GPU the cost does not rule it out
+    assert engine.make_plan(lr, msi, FuseConfig(srf=cfg.srf, psf=TRAIN_PSF, model="csakd-s")).model.name == "csakd-s"
+    assert engine.cpu_cost_vs_gsa({"cpu_cost_vs_gsa": {"ratio": {"8": 2.0, "32": 4.0}}}, 4) == 4.0  # unmeasured: the worst
+    assert engine.cpu_cost_vs_gsa({"cpu_cost_vs_gsa": "garbage"}, 8) is None
 
 
 @pytest.mark.skipif(not registry.get_model("csakd-s").available, reason="no csakd-s weights installed")

@@ -318,12 +318,13 @@ MAX_CPU_COST_VS_GSA = 3.0
 
 
 def cpu_cost_vs_gsa(rec: dict[str, Any], scale: int) -> float | None:
-    """The record's measured whole-process CPU cost over gsa's at ``scale`` (benchmarks/bench_process.py), if any."""
+    """The record's measured whole-process CPU cost over gsa's at ``scale`` (benchmarks/bench_process.py --record);
+    at a scale it was not measured at, the largest measured one (the cost is per HR pixel); None if never measured."""
     try:
-        cost = (rec.get("cpu_cost_vs_gsa") or {}).get("ratio", {})
-        return float(cost[str(scale)]) if str(scale) in cost else None
+        cost = {str(k): float(v) for k, v in ((rec.get("cpu_cost_vs_gsa") or {}).get("ratio") or {}).items()}
     except (AttributeError, TypeError, ValueError):
         return None
+    return cost.get(str(scale), max(cost.values()) if cost else None)
 
 
 def _too_slow(rec: dict[str, Any], scale: int, device: str | None) -> str | None:
@@ -343,13 +344,16 @@ def choose_model(lr: CubeSource, msi: CubeSource, scale: int, srf: np.ndarray | 
     detail injection ``gsa`` when none fits."""
     from ..weights import read_record
 
-    reasons, fits = [], []
+    reasons, fits, slow = [], [], []
     for entry in list_models():
         if entry.kind == "supervised" and entry.available:
             for path in fitting_weights(entry, lr, msi, scale)[0]:  # e.g. an exact-camera model, then an any-RGB one
                 rec = read_record(path)
-                mismatch = (_psf_mismatch(rec, psf, protocol) or _srf_mismatch(rec, srf, protocol, lr.meta.wavelengths)
-                            or _too_slow(rec, scale, device))
+                mismatch = _psf_mismatch(rec, psf, protocol) or _srf_mismatch(rec, srf, protocol, lr.meta.wavelengths)
+                too_slow = None if mismatch else _too_slow(rec, scale, device)
+                if too_slow:
+                    slow.append((validation_gain(rec, scale), entry.name, too_slow))
+                    mismatch = too_slow
                 if mismatch is None:
                     fits.append((validation_gain(rec, scale), entry, path, float(rec.get("srf_tolerance_nm", 10.0))))
                 else:
@@ -362,6 +366,10 @@ def choose_model(lr: CubeSource, msi: CubeSource, scale: int, srf: np.ndarray | 
         if len(fits) > 1:
             shown = "not recorded" if gain is None else f"{gain:+.2f} dB"
             why += f"; the largest validation gain over gsa at x{scale} ({shown}) of {len(fits)} fitting weights"
+        better = [(g, name, w) for g, name, w in slow if g is not None and (gain is None or g > gain)]
+        if better:  # say what a slower network would give, so the choice is the user's
+            g, name, w = max(better)
+            why += f"; '{name}' would gain {g:+.2f} dB over gsa but {w}"
         return entry, path, why
     grouped: dict[str, list[str]] = {}  # one line per distinct reason, naming every model it applies to
     for r in reasons:
