@@ -320,6 +320,40 @@ def test_refine_tiles_exactly_at_an_odd_scale_and_odd_sizes(tmp_path):
     assert NetworkFuser(FusionProblem(3, 5, 3, options=opts)).align == 2
 
 
+@pytest.mark.parametrize("scale,tile", [(4, 12), (3, 15)])
+def test_refine_with_coarse_levels_tiles_exactly_and_grows_without_change(tmp_path, scale, tile):
+    """levels=3 runs its coarsest body on an 8x8-block grid: tiles still equal the untiled run at x4 and x3,
+    and a trained one-level network given two more levels (zero up-projections) returns the same output."""
+    from hsfuse.fusion.engine import FuseConfig, fuse_arrays
+    from hsfuse.weights import save_weights
+
+    torch.manual_seed(0)
+    kw = {"bands": 5, "msi_bands": 3, "scale": scale, "prior": True, **TINY["refine"]}
+    one = build_network("refine", kw)
+    torch.nn.init.normal_(one.tail.weight, std=0.1)
+    three = build_network("refine", {**kw, "levels": 3})
+    missing, unexpected = three.load_state_dict(one.state_dict(), strict=False)
+    assert not unexpected and all(k.split(".")[0] in ("down_k", "body_k", "up_k") for k in missing)
+    # sizes on the 8-pixel grid: elsewhere the padding to it differs between one and three levels
+    lr, msi, prior = torch.rand(1, 5, 8, 8), torch.rand(1, 3, 8 * scale, 8 * scale), torch.rand(1, 5, 8 * scale, 8 * scale)
+    with torch.no_grad():
+        torch.testing.assert_close(three(lr, msi, prior), one(lr, msi, prior))
+        for m in three.up_k:  # now let the coarse levels act
+            torch.nn.init.normal_(m.weight, std=0.1)
+        assert not torch.allclose(three(lr, msi, prior), one(lr, msi, prior))
+    stem = tmp_path / "refine-l3"
+    save_weights(stem, three.state_dict(), {"architecture": "refine", "kwargs": three.config, "bands": 5, "msi_bands": 3,
+                                            "scales": [scale], "protocol": "test", "steps": 0,
+                                            "training_data": "none (untrained test weights)", "validation_metrics": {}})
+    rng = np.random.default_rng(1)
+    lr, msi = rng.random((5, 13, 11), dtype=np.float32), rng.random((3, 13 * scale, 11 * scale), dtype=np.float32)
+    opts = {"weights": str(stem)}
+    whole = fuse_arrays(lr, msi, FuseConfig(model="refine", tile=4096, overlap=0, options=opts, estimate="off"))
+    tiled = fuse_arrays(lr, msi, FuseConfig(model="refine", tile=tile, overlap=0, options=opts, estimate="off"))
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
+    assert NetworkFuser(FusionProblem(scale, 5, 3, options=opts)).align == 8 // np.gcd(scale, 8)
+
+
 def test_dihedral_inverts_and_covers_the_eight_transforms():
     from hsfuse.models.zoo_fuser import dihedral
 
@@ -365,11 +399,12 @@ def test_network_fuser_without_weights_says_so():
 # --------------------------------------------------------------------- receptive field (the tiling halo)
 
 
-@pytest.mark.parametrize("arch,scale", [("mftn", 4), ("hyfusion", 4), ("mulsr", 8), ("refine", 8), ("refine", 3)])
-def test_receptive_radius_bounds_the_dependence(arch, scale):
+@pytest.mark.parametrize("arch,scale,extra", [("mftn", 4, {}), ("hyfusion", 4, {}), ("mulsr", 8, {}), ("refine", 8, {}),
+                                              ("refine", 3, {}), ("refine", 4, {"levels": 3})])
+def test_receptive_radius_bounds_the_dependence(arch, scale, extra):
     """No input pixel farther than ``receptive_radius_hr`` from an output pixel changes it (gradient support)."""
     torch.manual_seed(0)
-    net = build_network(arch, {"bands": 4, "msi_bands": 3, "scale": scale, **TINY[arch]})
+    net = build_network(arch, {"bands": 4, "msi_bands": 3, "scale": scale, **TINY[arch], **extra})
     for m in net.modules():  # zero-initialised heads/predictors would hide the dependence
         if isinstance(m, torch.nn.Conv2d) and not m.weight.any():
             torch.nn.init.normal_(m.weight, std=0.1)

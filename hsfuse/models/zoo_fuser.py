@@ -169,8 +169,8 @@ class NetworkFuser(Fuser):
         # a network with a pixel-unshuffle grid (refine: 2) needs tiles starting on it; at odd scales that
         # takes tile origins on even LR pixels
         grid = int(getattr(self.net, "grid_hr", 1))
-        if grid > 1 and problem.scale % grid:
-            self.align = math.lcm(self.align, grid)
+        if grid > 1 and problem.scale % grid:  # HR origin s*k on the grid: k a multiple of grid / gcd(s, grid)
+            self.align = math.lcm(self.align, grid // math.gcd(problem.scale, grid))
         # LR consistency (models/consistency.py): on by default only with the exact PSF, where it pays
         mode = str(problem.options.get("lr_consistency", "auto")).lower()
         if mode not in LR_CONSISTENCY:
