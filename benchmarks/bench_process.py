@@ -36,7 +36,10 @@ sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared" / "data"
 VAL = ("fake_and_real_peppers", "oil_painting", "stuffed_toys")
 PROTOCOLS = ("cave-gauss-x8", "cave-mhf-x32")
-BEGIN, END = "<!-- bench_process:begin -->", "<!-- bench_process:end -->"
+
+
+def markers(section: str) -> tuple[str, str]:
+    return f"<!-- bench_process:{section}:begin -->", f"<!-- bench_process:{section}:end -->"
 HSFUSE = [str(Path(sys.executable).with_name("hsfuse"))]  # the console script beside this interpreter
 
 
@@ -83,14 +86,14 @@ def quality(out: Path, ref: Path) -> tuple[float, float]:
     return float(rep.summary["psnr"]), float(rep.summary["sam"])
 
 
-def prepare(tmp: Path, protocol: str) -> list[tuple[str, Path, Path, Path]]:
+def prepare(tmp: Path, protocol: str, scenes=VAL) -> list[tuple[str, Path, Path, Path]]:
     """(scene, LR, MSI, HR truth) files for each validation scene, made by `hsfuse degrade`."""
     import numpy as np
 
     from hsfuse.io import read_cube, write_cube
 
     pairs = []
-    for scene in VAL:
+    for scene in scenes:
         src = SHARED / "cave" / f"{scene}_ms"
         lr, msi, hr = (tmp / f"{scene}_{protocol}_{k}.tif" for k in ("lr", "msi", "hr"))
         subprocess.run(HSFUSE + ["degrade", str(src), "-p", protocol, "-o", str(lr), "--msi", str(msi), "--quiet",
@@ -102,8 +105,8 @@ def prepare(tmp: Path, protocol: str) -> list[tuple[str, Path, Path, Path]]:
     return pairs
 
 
-def measure(protocol: str, models: list[str], repeats: int, tmp: Path) -> list[dict]:
-    pairs = prepare(tmp, protocol)
+def measure(protocol: str, models: list[str], repeats: int, tmp: Path, scenes=VAL) -> list[dict]:
+    pairs = prepare(tmp, protocol, scenes)
     rows = {m: {"model": m, "protocol": protocol, "runs": {}, "psnr": [], "sam": []} for m in models}
     for scene, lr, msi, hr in pairs:
         for r in range(repeats):
@@ -163,17 +166,19 @@ def record_costs(tables: dict[str, list[dict]]) -> None:
             print(f"recorded x{scale} cost {r['ratio']:.2f}x gsa in {path}")
 
 
-def markdown(tables: dict[str, list[dict]], repeats: int) -> str:
+def markdown(tables: dict[str, list[dict]], repeats: int, scenes=VAL, section: str = "main") -> str:
     import platform
 
     import torch
 
-    lines = [BEGIN, "## What a CPU user pays (`benchmarks/bench_process.py`)", "",
+    begin, _ = markers(section)
+    title = "What a CPU user pays" + ("" if section == "main" else f" ({section})")
+    lines = [begin, f"### {title} (`benchmarks/bench_process.py --section {section}`)", "",
              f"Whole `hsfuse fuse --protocol P --model M` processes (start-up, reading, planning, fusion, LR "
              f"consistency, writing), {platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, "
              f"{time.strftime('%Y-%m-%d')}; the tool's default thread count. CPU-s = user + system seconds of the "
-             f"child process (median of {repeats} interleaved runs per scene, then the median over the 3 held-out "
-             "CAVE scenes, 512²×31); ratio = that over gsa's, same run; peak RSS = the largest ru_maxrss of any run. "
+             f"child process (median of {repeats} interleaved runs per scene, then the median over the held-out "
+             f"CAVE scenes {', '.join(scenes)}, 512²×31); ratio = that over gsa's, same run; peak RSS = the largest ru_maxrss of any run. "
              "Quality from the same outputs. **No GPU column: no GPU machine was lent to this project.**", ""]
     for protocol, rows in tables.items():
         lines += [f"`{protocol}`:", "", "| model | CPU-s (median) | × gsa | per-scene × gsa | peak RSS GiB | wall s | "
@@ -183,7 +188,7 @@ def markdown(tables: dict[str, list[dict]], repeats: int) -> str:
                          f"{', '.join(f'{x:.2f}' for x in r['per_scene_ratio'])} | {r['rss_gib']:.2f} | {r['wall']:.2f} | "
                          f"{r['mean_psnr']:.2f} | {r['mean_sam']:.2f} |")
         lines.append("")
-    lines.append(END)
+    lines.append(markers(section)[1])
     return "\n".join(lines)
 
 
@@ -192,7 +197,9 @@ def main() -> None:
     ap.add_argument("--models", default="", help="comma-separated networks (default: every shipped one); gsa is always run")
     ap.add_argument("--protocols", default=",".join(PROTOCOLS))
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--scenes", default=",".join(VAL), help="comma-separated validation scenes (a subset: a rough ratio)")
     ap.add_argument("--write", action="store_true", help="replace the section in docs/BENCHMARKS.md")
+    ap.add_argument("--section", default="main", help="name of the docs/BENCHMARKS.md section this run replaces")
     ap.add_argument("--record", action="store_true", help="store each network's ratio in the weights record it ran with")
     a = ap.parse_args()
     if not (SHARED / "cave").is_dir():
@@ -204,17 +211,19 @@ def main() -> None:
 
             scale = get_protocol(protocol).scale
             nets = [m for m in a.models.split(",") if m] or shipped_networks(scale)
-            tables[protocol] = measure(protocol, ["gsa", *[m for m in nets if m != "gsa"]], a.repeats, Path(tmp))
+            tables[protocol] = measure(protocol, ["gsa", *[m for m in nets if m != "gsa"]], a.repeats, Path(tmp),
+                                       tuple(a.scenes.split(",")))
     if a.record:
         record_costs(tables)
-    md = markdown(tables, a.repeats)
+    md = markdown(tables, a.repeats, tuple(a.scenes.split(",")), a.section)
     print(md)
     if a.write:
         doc = REPO / "docs" / "BENCHMARKS.md"
         text = doc.read_text()
-        if BEGIN in text:
-            head, rest = text.split(BEGIN, 1)
-            text = head + md + rest.split(END, 1)[1]
+        begin, end = markers(a.section)
+        if begin in text:
+            head, rest = text.split(begin, 1)
+            text = head + md + rest.split(end, 1)[1]
         else:
             text = text.rstrip("\n") + "\n\n" + md + "\n"
         doc.write_text(text)

@@ -32,7 +32,11 @@ def models(
             if not e["needs_weights"]:
                 w = "not needed"
             elif e["installed"]:
-                w = ", ".join(f"{i['file']} (x{','.join(map(str, i.get('scales') or []))})" for i in e["installed"])
+                def cost(i) -> str:  # the measured whole-run CPU cost next to gsa (benchmarks/bench_process.py)
+                    c = i.get("cpu_cost_vs_gsa") or {}
+                    return "; CPU " + ", ".join(f"{v:g}x gsa at x{k}" for k, v in c.items()) if c else ""
+
+                w = ", ".join(f"{i['file']} (x{','.join(map(str, i.get('scales') or []))}{cost(i)})" for i in e["installed"])
             else:
                 w = "[red]not installed: unavailable[/]"
             t.add_row(e["name"], e["kind"], e["accepts"], w, e["summary"])
