@@ -179,7 +179,8 @@ class NetworkFuser(Fuser):
         if self.lr_consistency and problem.psf is None:
             raise ModelError("option lr_consistency=on needs the PSF (give --psf or --protocol)")
         extra = consistency_halo(problem.psf) if self.lr_consistency else 0
-        self.halo_bound = net_halo + prior_halo + (self.align - 1) + extra
+        self.net_need = net_halo + (self.align - 1) + extra  # LR context the network and LR consistency need
+        self.halo_bound = self.net_need + prior_halo
         measured = self.record.get("halo_lr", {}).get(str(problem.scale)) if isinstance(self.record.get("halo_lr"), dict) else None
         self.halo_lr = int(problem.options.get("halo_lr", measured + extra if measured is not None else self.halo_bound))
         # test-time self-ensemble over flips/transposes (the training augmentations): tta = 1, 2, 4 or 8 passes
@@ -197,10 +198,17 @@ class NetworkFuser(Fuser):
         lr = np.nan_to_num(np.asarray(lr, np.float32))
         msi = np.nan_to_num(np.asarray(msi, np.float32))
         prior = None
+        s, full = self.problem.scale, lr.shape[1:]
+        cut = 0  # LR pixels of the input only the prior needed: the network does not run on them
         if self.prior_fuser is not None:
             prior = np.asarray(self.prior_fuser.fuse_tile(lr, msi), np.float32)
-        s, (h, w) = self.problem.scale, lr.shape[1:]
-        ky, kx = ((int(v) // s) % self.align for v in self.tile_origin) if self.align > 1 else (0, 0)
+            cut = max(0, min(self.halo_lr - self.net_need, (min(full) - 1) // 2))
+            if cut:  # the prior is exact only inside its own halo, and the network needs no more than net_need
+                lr, msi, prior = lr[:, cut:-cut, cut:-cut], msi[:, cut * s:-cut * s, cut * s:-cut * s], \
+                    prior[:, cut * s:-cut * s, cut * s:-cut * s]
+        h, w = lr.shape[1:]
+        origin = [int(v) + cut * s for v in self.tile_origin]
+        ky, kx = ((v // s) % self.align for v in origin) if self.align > 1 else (0, 0)
         ey, ex = (-(ky + h)) % self.align, (-(kx + w)) % self.align
         if ky or kx or ey or ex:  # the tile on whole blocks of the scene's grid (mirrored rows/cols in the halo)
             pad = lambda a, k: np.pad(a, ((0, 0), (ky * k, ey * k), (kx * k, ex * k)), mode="symmetric")  # noqa: E731
@@ -217,7 +225,10 @@ class NetworkFuser(Fuser):
         if self.lr_consistency:
             with torch.no_grad():
                 y = match_lr(y.float(), lr_t, self.problem.psf)
-        return y[0, :, ky * s:(ky + h) * s, kx * s:(kx + w) * s].float().cpu().numpy()
+        y = y[0, :, ky * s:(ky + h) * s, kx * s:(kx + w) * s].float().cpu().numpy()
+        if cut:  # back to the input's extent; the engine keeps only the centre, which the network computed
+            y = np.pad(y, ((0, 0), (cut * s, cut * s), (cut * s, cut * s)), mode="edge")
+        return y
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "halo_lr": self.halo_lr, "halo_bound_lr": self.halo_bound, "weights": str(self.weights_path),
