@@ -142,7 +142,7 @@ def measure(protocol: str, models: list[str], repeats: int, tmp: Path, scenes=VA
     return out
 
 
-def record_costs(tables: dict[str, list[dict]]) -> None:
+def record_costs(tables: dict[str, list[dict]], scenes=VAL, repeats: int = 3) -> None:
     """Merge each network's measured ratio into ``cpu_cost_vs_gsa`` of the weights record it ran with."""
     from hsfuse.protocols import get_protocol
 
@@ -160,7 +160,8 @@ def record_costs(tables: dict[str, list[dict]]) -> None:
             cost["gsa_cpu_s"][scale] = round(gsa["cpu"], 2)
             cost["peak_rss_gib"] = {**cost.get("peak_rss_gib", {}), scale: round(r["rss_gib"], 2)}
             cost["measured"] = (f"benchmarks/bench_process.py {time.strftime('%Y-%m-%d')}: whole `hsfuse fuse` "
-                                f"processes, {os.cpu_count()}-core CPU, median over the CAVE validation scenes")
+                                f"processes, {os.cpu_count()}-core CPU, CAVE validation scene(s) {', '.join(scenes)}, "
+                                f"median of {repeats} run(s) each")
             rec["cpu_cost_vs_gsa"] = cost
             path.write_text(json.dumps(rec, indent=2) + "\n")
             print(f"recorded x{scale} cost {r['ratio']:.2f}x gsa in {path}")
@@ -182,11 +183,11 @@ def markdown(tables: dict[str, list[dict]], repeats: int, scenes=VAL, section: s
              "Quality from the same outputs. **No GPU column: no GPU machine was lent to this project.**", ""]
     for protocol, rows in tables.items():
         lines += [f"`{protocol}`:", "", "| model | CPU-s (median) | × gsa | per-scene × gsa | peak RSS GiB | wall s | "
-                  "mean PSNR | mean SAM |", "|---|---:|---:|---|---:|---:|---:|---:|"]
+                  "mean PSNR | mean SAM | per-scene PSNR |", "|---|---:|---:|---|---:|---:|---:|---:|---|"]
         for r in rows:
             lines.append(f"| {r['model']} | {r['cpu']:.2f} | {r['ratio']:.2f} | "
                          f"{', '.join(f'{x:.2f}' for x in r['per_scene_ratio'])} | {r['rss_gib']:.2f} | {r['wall']:.2f} | "
-                         f"{r['mean_psnr']:.2f} | {r['mean_sam']:.2f} |")
+                         f"{r['mean_psnr']:.2f} | {r['mean_sam']:.2f} | {', '.join(f'{p:.2f}' for p in r['psnr'])} |")
         lines.append("")
     lines.append(markers(section)[1])
     return "\n".join(lines)
@@ -214,7 +215,7 @@ def main() -> None:
             tables[protocol] = measure(protocol, ["gsa", *[m for m in nets if m != "gsa"]], a.repeats, Path(tmp),
                                        tuple(a.scenes.split(",")))
     if a.record:
-        record_costs(tables)
+        record_costs(tables, tuple(a.scenes.split(",")), a.repeats)
     md = markdown(tables, a.repeats, tuple(a.scenes.split(",")), a.section)
     print(md)
     if a.write:

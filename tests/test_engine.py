@@ -183,6 +183,12 @@ def test_streamed_fuse_stays_under_a_memory_budget(tmp_path):
 TRAIN_PSF = Psf.block(gaussian_kernel(8, 2.0))
 
 
+def registry_record(path):
+    from hsfuse.weights import read_record
+
+    return read_record(path.with_suffix(""))
+
+
 def _cave_like_pair():
     wl = np.arange(400.0, 701.0, 10.0)
     lr = ArraySource(np.random.default_rng(0).random((31, 8, 8), dtype=np.float32), CubeMeta(wavelengths=wl))
@@ -204,8 +210,15 @@ def test_default_model_is_classical_unless_the_srf_is_the_training_one():
     assert engine.make_plan(lr, msi, FuseConfig(model="csakd-s", srf=other, psf=TRAIN_PSF)).model.name == "csakd-s"
     any_rgb = registry.weights_dir() / "csakd-s-cave-gauss-x8-anyrgb.json"
     if any_rgb.exists():  # the SRF-augmented weights take a nearby camera (Nikon 5100, within 40 nm)
-        plan = engine.make_plan(lr, msi, FuseConfig(srf=load_srf("nikon-5100", wl, 31).matrix, psf=TRAIN_PSF))
-        assert plan.model.name == "csakd-s" and plan.weights.name == "csakd-s-cave-gauss-x8-anyrgb.safetensors"
+        nikon = load_srf("nikon-5100", wl, 31).matrix
+        entry, weights, _ = engine.choose_model(lr, msi, 8, nikon, None, TRAIN_PSF, device=None)  # cost not counted
+        assert entry.name == "csakd-s" and weights.name == "csakd-s-cave-gauss-x8-anyrgb.safetensors"
+        plan = engine.make_plan(lr, msi, FuseConfig(srf=nikon, psf=TRAIN_PSF, device="cpu"))
+        cost = engine.cpu_cost_vs_gsa(registry_record(any_rgb), 8)
+        if cost is not None and cost > engine.MAX_CPU_COST_VS_GSA:  # on a CPU it is too slow to be the default
+            assert plan.model.name == "gsa" and "costs" in plan.model_reason and "csakd-s" in plan.model_reason
+        else:
+            assert plan.model.name == "csakd-s"
 
 
 @pytest.mark.shared
@@ -216,15 +229,20 @@ def test_default_model_is_the_pretrained_one_under_its_protocol(shared_data):
     lr, msi, _ = _cave_like_pair()
     plan = engine.make_plan(lr, msi, FuseConfig(protocol="cave-gauss-x8"))
     assert plan.model.name != "gsa" and "fit the inputs" in plan.model_reason
+    assert plan.device == "cpu"  # this machine; on a GPU the cost limit does not apply
     chosen = engine.validation_gain(read_record(plan.weights), 8)
-    for entry in registry.list_models():  # no other fitting weights recorded a larger gain over gsa at x8
+    assert engine.cpu_cost_vs_gsa(read_record(plan.weights), 8) <= engine.MAX_CPU_COST_VS_GSA
+    for entry in registry.list_models():  # no other affordable fitting weights recorded a larger gain over gsa at x8
         if entry.kind == "supervised" and entry.available:
             for path in engine.fitting_weights(entry, lr, msi, 8)[0]:
-                gain = engine.validation_gain(read_record(path), 8)
-                assert gain is None or gain <= chosen
-    if (registry.weights_dir() / "mulsr-cave-gauss-x8.json").exists():  # the best x8 model of the shipped set
-        assert plan.model.name == "mulsr"
-        assert engine.make_plan(lr, msi, FuseConfig(protocol="cave-gauss-x8", model="csakd-s")).model.name == "csakd-s"
+                rec = read_record(path)
+                gain = engine.validation_gain(rec, 8)
+                if engine.cpu_cost_vs_gsa(rec, 8) is None or engine.cpu_cost_vs_gsa(rec, 8) <= engine.MAX_CPU_COST_VS_GSA:
+                    assert gain is None or gain <= chosen
+    if (registry.weights_dir() / "refine-cave-gauss-x8.json").exists():  # the CPU default of the shipped set
+        assert plan.model.name == "refine"
+        assert "'mulsr' would gain" in plan.model_reason  # the better, slower network is named
+        assert engine.make_plan(lr, msi, FuseConfig(protocol="cave-gauss-x8", model="mulsr")).model.name == "mulsr"
 
 
 @pytest.mark.skipif(not (registry.get_model("csakd-s").available and registry.get_model("mftn").available),
@@ -244,6 +262,7 @@ def test_default_choice_follows_the_recorded_validation_gain(tmp_path, monkeypat
     def set_gain(stem, gain):
         rec = json.loads((tmp_path / f"{stem}.json").read_text())
         rec["srf_tolerance_nm"] = 40.0  # so that a built-in camera (Nikon 5100) fits without ../shared
+        rec.pop("cpu_cost_vs_gsa", None)  # the ranking by gain first; the cost limit is checked below
         if gain is None:
             rec["validation_metrics"] = {}
         else:
@@ -292,6 +311,7 @@ def test_record_srf_tolerance_widens_the_default_choice(tmp_path, monkeypatch):
         shutil.copy(registry.weights_dir() / f"{stem}{ext}", tmp_path / f"{stem}{ext}")
     rec = json.loads((tmp_path / f"{stem}.json").read_text())
     rec["srf_tolerance_nm"] = 40.0
+    rec.pop("cpu_cost_vs_gsa", None)  # the SRF rule alone (the cost limit has its own test)
     (tmp_path / f"{stem}.json").write_text(json.dumps(rec))
     monkeypatch.setenv("HSFUSE_WEIGHTS", str(tmp_path))
     lr, msi, wl = _cave_like_pair()
