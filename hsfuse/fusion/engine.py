@@ -369,7 +369,8 @@ def choose_model(lr: CubeSource, msi: CubeSource, scale: int, srf: np.ndarray | 
         better = [(g, name, w) for g, name, w in slow if g is not None and (gain is None or g > gain)]
         if better:  # say what a slower network would give, so the choice is the user's
             g, name, w = max(better)
-            why += f"; '{name}' would gain {g:+.2f} dB over gsa but {w}"
+            mine = "" if gain is None else f" ('{entry.name}' {gain:+.2f} dB)"
+            why += f"; '{name}' would gain {g:+.2f} dB over gsa{mine} but {w}"
         return entry, path, why
     grouped: dict[str, list[str]] = {}  # one line per distinct reason, naming every model it applies to
     for r in reasons:
