@@ -68,7 +68,6 @@ def run_child(cmd: list[str]) -> dict:
         err.seek(0)
         stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
     code = os.waitstatus_to_exitcode(status)
-    proc.returncode = code
     if code:
         raise RuntimeError(f"{' '.join(cmd)} failed ({code}): {stderr.strip()[-400:]}")
     return {"cpu": ru.ru_utime + ru.ru_stime, "user": ru.ru_utime, "sys": ru.ru_stime,
@@ -95,7 +94,8 @@ def prepare(tmp: Path, protocol: str, scenes=VAL) -> list[tuple[str, Path, Path,
     pairs = []
     for scene in scenes:
         src = SHARED / "cave" / f"{scene}_ms"
-        lr, msi, hr = (tmp / f"{scene}_{protocol}_{k}.tif" for k in ("lr", "msi", "hr"))
+        lr, msi = (tmp / f"{scene}_{protocol}_{k}.tif" for k in ("lr", "msi"))
+        hr = tmp / f"{scene}_hr.tif"  # the truth, written once per scene whatever the protocol
         subprocess.run(HSFUSE + ["degrade", str(src), "-p", protocol, "-o", str(lr), "--msi", str(msi), "--quiet",
                                  "--overwrite"], check=True)
         if not hr.exists():

@@ -82,7 +82,9 @@ def beba_loss(x, y, eps: float = 1e-4):
 def gt_losses(out, gt, w: dict[str, float]) -> dict:
     import torch.nn.functional as F
 
-    return {"l1": w["l1"] * F.l1_loss(out, gt), "beba": w["beba"] * beba_loss(out, gt), "sam": w["sam"] * sam_loss(out, gt)}
+    zero = out.new_zeros(())  # a term of weight 0 is logged, not computed
+    return {"l1": w["l1"] * F.l1_loss(out, gt), "beba": w["beba"] * beba_loss(out, gt) if w["beba"] else zero,
+            "sam": w["sam"] * sam_loss(out, gt) if w["sam"] else zero}
 
 
 # ----------------------------------------------------------------------------- model bundle
