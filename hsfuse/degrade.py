@@ -366,6 +366,25 @@ def lr_phase_offset(psf: Psf) -> float:
     return (psf.size - psf.scale) / 2.0 - float(psf.pad)
 
 
+def sampling_phase(psf: Psf) -> tuple[float, float]:
+    """(rows, cols) offset in HR pixels of where each LR pixel's kernel weight is centred, from the block centre.
+
+    Like ``lr_phase_offset`` but from the kernel's centre of mass, per axis, so that an estimated kernel
+    whose Gaussian sits off its grid's centre counts too. LR → HR interpolation (``models.common.upsample``)
+    uses it to put LR samples where they were taken. Offsets below 1e-6 px are 0 (a symmetric kernel).
+    """
+    k = psf.kernel
+    tot = k.sum()
+    if not np.isfinite(tot) or abs(tot) < 1e-12:
+        return 0.0, 0.0
+    idx = np.arange(psf.size, dtype=np.float64)
+    out = []
+    for marg in (k.sum(1), k.sum(0)):
+        d = float((marg * idx).sum() / tot) - psf.pad - (psf.scale - 1) / 2.0
+        out.append(0.0 if abs(d) < 1e-6 else d)
+    return out[0], out[1]
+
+
 def crop_to_multiple(z: np.ndarray, scale: int) -> tuple[np.ndarray, tuple[int, int]]:
     """Crop (C, H, W) at the bottom/right to multiples of ``scale``; returns (view, (rows_dropped, cols_dropped)).
 

@@ -233,3 +233,73 @@ def test_streaming_engine_matches_fuse_arrays(name):
     assert np.array_equal(np.isnan(streamed), np.isnan(whole))
     ok = np.isfinite(whole)
     np.testing.assert_allclose(streamed[ok], whole[ok], atol=1e-4, rtol=0)
+
+
+# ---------------------------------------------------------------- PSFs whose LR samples sit off the block centres
+
+
+def _first_pixel_psf(scale=8):
+    """The Dian-group ×8 kernel: 7×7 Gaussian σ 3 centred on the first pixel of each block (phase −3.5)."""
+    return Psf(gaussian_kernel(7, 3.0), scale, pad=3)
+
+
+@pytest.mark.parametrize("offset", [(0.0, 0.0), (-3.5, -3.5), (1.25, -2.0)])
+def test_upsample_puts_lr_samples_at_their_phase(offset):
+    """A ramp sampled at LR centres s·i + (s−1)/2 + offset comes back as the same ramp at HR, not shifted.
+
+    torch's Keys kernel (a = −0.75) does not reproduce a ramp exactly (a small periodic ripple, zero on
+    average), so the check is on the mean error (a sampling-phase error would shift the whole ramp by
+    slope × offset: 1 to 2.6 here) and on the ripple staying as small as at offset 0.
+    """
+    import torch
+
+    from hsfuse.models.common import upsample
+
+    s, n = 8, 12
+    centres = [s * np.arange(n) + (s - 1) / 2 + o for o in offset]
+    lr = (0.3 * centres[0][:, None] + 0.7 * centres[1][None, :])[None].astype(np.float64)
+    hr = upsample(torch.from_numpy(lr), s, offset)[0].numpy()
+    y, x = np.mgrid[: n * s, : n * s].astype(np.float64)
+    inner = slice(2 * s, (n - 2) * s)  # away from the clamped borders
+    err = (hr - (0.3 * y + 0.7 * x))[inner, inner]
+    assert abs(err.mean()) < 0.02
+    assert np.abs(err).max() < 0.4  # the ripple of a = −0.75 on a slope of 1 per HR pixel
+
+
+def test_upsample_offset_zero_is_torch_bicubic():
+    import torch
+
+    from hsfuse.models.common import _cubic_along, upsample
+
+    x = torch.rand(2, 3, 7, 9, dtype=torch.float64)
+    for s in (2, 3, 8):
+        generic = _cubic_along(_cubic_along(x, s, 0.0, -2), s, 0.0, -1)
+        torch.testing.assert_close(generic, upsample(x, s), atol=1e-12, rtol=0)
+
+
+def test_sampling_phase_of_presets_and_shifted_kernels():
+    from hsfuse.degrade import sampling_phase
+
+    assert sampling_phase(_first_pixel_psf()) == (-3.5, -3.5)
+    assert sampling_phase(Psf.block(gaussian_kernel(8, 2.0))) == (0.0, 0.0)
+    assert sampling_phase(Psf.gaussian(4, 2.0)) == (0.0, 0.0)
+    off = Psf(gaussian_kernel(13, 1.0, center=5.0), 4, pad=4)  # Gaussian 1 px before its grid's centre
+    assert sampling_phase(off) == pytest.approx((-0.5, -0.5), abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["bicubic", "gsa"])
+def test_phase_aware_interpolation_beats_block_centred(name, monkeypatch):
+    """On a first-pixel kernel, putting LR samples where they were taken is worth decibels (CAVE: docs/fusion.md)."""
+    import hsfuse.models.classical as classical
+
+    from hsfuse.demo import synthetic_scene
+
+    psf = _first_pixel_psf()
+    z = synthetic_scene(128, seed=3).astype(np.float64)
+    srf = _srf(3, z.shape[0], 4)
+    lr, msi = spatial_degrade(z, psf).astype(np.float32), np.einsum("mc,chw->mhw", srf, z).astype(np.float32)
+    prob = _problem(name, lr, msi, psf, srf)
+    aware = _psnr(z, fuse_arrays(CLASSICAL[name], lr, msi, prob))
+    monkeypatch.setattr(classical, "sampling_phase", lambda p: (0.0, 0.0))
+    centred = _psnr(z, fuse_arrays(CLASSICAL[name], lr, msi, prob))
+    assert aware > centred + 1.0, (aware, centred)

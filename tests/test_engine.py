@@ -337,3 +337,30 @@ def test_given_weights_option_is_used_not_the_installed_ones(tmp_path):
     with pytest.raises(ModelError, match="weights record not found"):
         engine.make_plan(lr, msi, FuseConfig(model="csakd-s", options={"weights": str(tmp_path / "nothing")},
                                              estimate="off"))
+
+
+def test_first_pixel_psf_tiles_stop_at_the_scene_border():
+    """LR samples off the block centres: tiles do not mirror the LR (it would pair it with the wrong MSI).
+
+    The streamed result equals one untiled call of the method on the unpadded scene (so the border
+    follows the method's own rule, not a mirrored LR that disagrees with the mirrored MSI by 3.5 HR
+    pixels), whatever the tiling.
+    """
+    from hsfuse.models.classical import DetailInjection
+    from hsfuse.fusion.base import FusionProblem
+    from hsfuse.degrade import spatial_degrade
+
+    z = smooth_cube(8, 128, 96, 5).astype(np.float64)
+    z = z * (1 + 0.05 * np.random.default_rng(5).standard_normal((1, 128, 96)))
+    psf = Psf(gaussian_kernel(7, 3.0), 8, pad=3)
+    srf = np.random.default_rng(1).random((3, 8))
+    srf /= srf.sum(1, keepdims=True)
+    lr, msi = spatial_degrade(z, psf).astype(np.float32), np.einsum("mc,chw->mhw", srf, z).astype(np.float32)
+    cfg = dict(model="gsa", psf=psf, srf=srf, estimate="off", clip="off")
+    whole = fuse_arrays(lr, msi, FuseConfig(**cfg, tile=1024))
+    for tile, overlap in [(32, 0), (48, 16)]:
+        np.testing.assert_allclose(fuse_arrays(lr, msi, FuseConfig(**cfg, tile=tile, overlap=overlap)), whole,
+                                   atol=2e-5, rtol=0)
+    m = DetailInjection(FusionProblem(8, 8, 3, psf=psf, srf=srf))
+    m.fit(lr, spatial_degrade(msi, psf))
+    np.testing.assert_allclose(whole, m.fuse_tile(lr, msi), atol=2e-5, rtol=0)

@@ -73,14 +73,20 @@ def test_a_preset_is_recognised_and_taken_as_exact(scene, rgb):
 
 
 def test_no_flag_fusion_matches_the_truth(scene, rgb):
-    """gsa with the estimated forward model is within 0.3 dB of gsa told the truth (a shifted conv PSF)."""
+    """gsa with the estimated forward model is within 1 dB of gsa told the truth (a shifted conv PSF).
+
+    Told the truth, gsa reaches 60 dB on this pair (41 dB before LR samples were interpolated at their
+    sampling phase and tiles stopped at the scene border for such PSFs), so what separates the two is
+    the estimate's last fraction of a pixel in σ and phase: 1 dB at 60 dB is a 12 % RMSE difference.
+    """
     psf = Psf(gaussian_kernel(13, 2.2), 8, pad=6)  # LR samples centred on the first pixel of each block
     lr, msi = _pair(np.concatenate([scene, scene[:, ::-1]], 2)[:, :, :128], psf, rgb)
     z = np.concatenate([scene, scene[:, ::-1]], 2)[:, :, :128]
     told = fuse_arrays(lr, msi, FuseConfig(model="gsa", psf=psf, srf=rgb))
     blind = fuse_arrays(lr, msi, FuseConfig(model="gsa"))
     assumed = fuse_arrays(lr, msi, FuseConfig(model="gsa", estimate="off"))
-    assert _psnr(z, blind) > _psnr(z, told) - 0.3
+    assert _psnr(z, told) > 55.0
+    assert _psnr(z, blind) > _psnr(z, told) - 1.0
     assert _psnr(z, blind) > _psnr(z, assumed) + 1.0  # what estimating is for
 
 

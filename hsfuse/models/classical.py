@@ -29,11 +29,12 @@ Example::
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
-from ..degrade import Psf, spatial_degrade
+from ..degrade import Psf, sampling_phase, spatial_degrade
 from ..errors import InputError, UsageError
 from ..fusion.base import Fuser, FusionProblem
 
@@ -62,11 +63,11 @@ def degrade_t(x, psf: Psf):
     return spatial_degrade_t(x, psf)
 
 
-def upsample_t(x, s: int):
+def upsample_t(x, s: int, offset: tuple[float, float] = (0.0, 0.0)):
     """``hsfuse.models.common.upsample`` (the one bicubic of the fusers), kept under its old name here."""
     from .common import upsample
 
-    return upsample(x, s)
+    return upsample(x, s, offset)
 
 
 # --------------------------------------------------------------------------- shared pieces
@@ -101,9 +102,11 @@ class _ClassicalBase(Fuser):
         if self.psf.scale != problem.scale:
             raise UsageError(f"PSF scale {self.psf.scale} != problem scale {problem.scale}")
         self.scale = problem.scale
+        # where the LR samples sit relative to the block centres: every LR -> HR interpolation below uses it
+        self.offset = sampling_phase(self.psf)
         # read, not copied: the engine's options remember which keys a model reads (unused ones are reported)
         self.opts: dict[str, Any] = problem.options if problem.options is not None else {}
-        self.halo_lr = self._compute_halo()
+        self.halo_lr = self._compute_halo() + math.ceil(max(map(abs, self.offset)) / self.scale)
         self._lr_fill: np.ndarray | None = None
         self._msi_fill: np.ndarray | None = None
 
@@ -189,7 +192,7 @@ class Bicubic(_ClassicalBase):
     def fuse_tile(self, lr: np.ndarray, msi: np.ndarray | None = None) -> np.ndarray:
         # the MSI is only used for its nodata mask (the output lives on the MSI grid, as in the engine)
         lr_t, _, bad = self._tensors(lr, msi)
-        return self._finish(upsample_t(lr_t, self.scale), bad)
+        return self._finish(upsample_t(lr_t, self.scale, self.offset), bad)
 
 
 class _Upsampler:
@@ -204,6 +207,7 @@ class _Upsampler:
         if kind not in ("bicubic", "bp"):
             raise UsageError(f"gsa upsampler must be 'bicubic' or 'bp', got {kind!r}")
         self.psf, self.kind, self.iters = psf, kind, int(iters) if kind == "bp" else 0
+        self.offset = sampling_phase(psf)
 
     @property
     def halo(self) -> int:
@@ -213,8 +217,8 @@ class _Upsampler:
         s = self.psf.scale
         x = r
         for _ in range(self.iters):
-            x = x + (r - degrade_t(upsample_t(x, s), self.psf))
-        return upsample_t(x, s)
+            x = x + (r - degrade_t(upsample_t(x, s, self.offset), self.psf))
+        return upsample_t(x, s, self.offset)
 
 
 def _boxmean(x, r: int):
@@ -323,11 +327,11 @@ class DetailInjection(_ClassicalBase):
         al, be = self._local_coefs(lr_t, msi_lr_t)
         al, be = al.to(lr_t.dtype), be.to(lr_t.dtype)
         c, m, h, w = al.shape
-        q = upsample_t(be, s)
+        q = upsample_t(be, s, self.offset)
         # band chunks bound the (chunk, m, H, W) upsampled coefficients
         step = max(1, int(2**25 // max(m * h * w * s * s, 1)))
         for c0 in range(0, c, step):
-            ah = upsample_t(al[c0:c0 + step].reshape(-1, h, w), s).reshape(-1, m, h * s, w * s)
+            ah = upsample_t(al[c0:c0 + step].reshape(-1, h, w), s, self.offset).reshape(-1, m, h * s, w * s)
             q[c0:c0 + step] += (ah * msi_t[None]).sum(1)
         out = q + self.up(lr_t - degrade_t(q, self.psf))
         return self._finish(out, bad)
@@ -398,8 +402,8 @@ class GLPHS(_ClassicalBase):
         b = torch.as_tensor(self.beta, dtype=lr_t.dtype, device=lr_t.device)[:, None, None]
         synth = torch.einsum("cm,mhw->chw", a, msi_t) + b
         # degrade is linear and the kernel sums to 1, so degrade(α·MSI + β) = α·degrade(MSI) + β
-        low = upsample_t(torch.einsum("cm,mhw->chw", a, degrade_t(msi_t, self.psf)) + b, s)
-        up_lr = upsample_t(lr_t, s)
+        low = upsample_t(torch.einsum("cm,mhw->chw", a, degrade_t(msi_t, self.psf)) + b, s, self.offset)
+        up_lr = upsample_t(lr_t, s, self.offset)
         if self.gain_kind == "hpm":
             # ε (a fraction of the band mean, from fit) keeps dark regions (CAVE backgrounds) from dividing by ~0
             eps = torch.as_tensor(self.hpm_eps, dtype=lr_t.dtype, device=lr_t.device)[:, None, None]
@@ -646,11 +650,11 @@ class CNMF(_ClassicalBase):
         W = torch.as_tensor(self.srf, dtype=dt, device=lr_t.device) @ E
         a0 = torch.full((self.p, h * w), 1.0 / self.p, dtype=dt, device=lr_t.device)
         a_lr = self._unmix_px(lr_t.clamp_min(0), E, a0, self.lr_iters).reshape(self.p, h, w)
-        a_hr = upsample_t(a_lr, s).clamp_min(1e-6 / self.p)
+        a_hr = upsample_t(a_lr, s, self.offset).clamp_min(1e-6 / self.p)
         a_hr = self._unmix_px(msi_t.clamp_min(0), W, a_hr, self.hr_iters)
         out = (E @ a_hr).reshape(c, h * s, w * s)
         if self.correct:
-            out = out + upsample_t(lr_t - degrade_t(out, self.psf), s)
+            out = out + upsample_t(lr_t - degrade_t(out, self.psf), s, self.offset)
         return self._finish(out, bad)
 
     def describe(self) -> dict[str, Any]:
@@ -668,8 +672,10 @@ def fuse_arrays(method_cls: type[Fuser] | Fuser, lr: np.ndarray, msi: np.ndarray
     """Fuse a whole scene untiled, padding exactly as the tiling engine does.
 
     msi_lr = spatial_degrade(msi, psf); fit on the pixels valid in both; LR mirror-padded by
-    ``halo_lr`` and the MSI by ``halo_lr·s`` (np.pad 'symmetric'); fuse_tile;
-    crop. ``method_cls`` may also be an already constructed (unfitted) Fuser.
+    ``halo_lr`` and the MSI by ``halo_lr·s`` (np.pad 'symmetric'), except for a PSF whose LR samples
+    sit off the block centres (the engine's tiles stop at the scene border then: see
+    ``engine.stream_tiles``); fuse_tile; crop. ``method_cls`` may also be an already constructed
+    (unfitted) Fuser.
     """
     m = method_cls if isinstance(method_cls, Fuser) else method_cls(problem, device, precision)
     psf, _ = _psf_of(problem)
@@ -680,7 +686,7 @@ def fuse_arrays(method_cls: type[Fuser] | Fuser, lr: np.ndarray, msi: np.ndarray
     # like the engine: fit only where both are valid (an MSI nodata pixel spoils its whole LR footprint)
     ok = np.isfinite(lr).all(0) & np.isfinite(msi_lr).all(0)
     m.fit(np.where(ok, lr, np.nan).astype(np.float32), np.where(ok, msi_lr, np.nan).astype(np.float32))
-    hl = int(m.halo_lr)
+    hl = 0 if any(sampling_phase(psf)) else int(m.halo_lr)
     lrp = np.pad(lr, ((0, 0), (hl, hl), (hl, hl)), mode="symmetric")
     msip = np.pad(msi, ((0, 0), (hl * s, hl * s), (hl * s, hl * s)), mode="symmetric")
     out = m.fuse_tile(lrp, msip)

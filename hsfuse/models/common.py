@@ -14,14 +14,52 @@ def autocast(device: str, precision: str):
     return contextlib.nullcontext()
 
 
-def upsample(x: torch.Tensor, s: int) -> torch.Tensor:
-    """Bicubic ×s of (..., C, h, w), align_corners=False (LR centre i ↔ HR s·i + (s − 1)/2)."""
-    if s == 1:
+def upsample(x: torch.Tensor, s: int, offset: tuple[float, float] = (0.0, 0.0)) -> torch.Tensor:
+    """Bicubic ×s of (..., C, h, w); LR centre i ↔ HR ``s·i + (s − 1)/2 + offset`` (rows, cols).
+
+    ``offset`` is the PSF's sampling phase (``hsfuse.degrade.sampling_phase``): a kernel centred on the
+    first pixel of each block (Dian-group ×8: −3.5) puts the LR samples 3.5 HR pixels before the block
+    centres, and interpolating them as if they sat on the centres shifts every upsampled residual by that
+    much (measured on held-out CAVE scenes, Dian-group ×8: gsa +0.3 to +1.3 dB, bicubic +3 to +5 dB).
+    offset 0 is torch's ``interpolate(align_corners=False)``; other offsets use the same Keys kernel
+    (a = −0.75) and the same edge clamping, evaluated at the shifted positions.
+    """
+    dy, dx = offset
+    if s == 1 and not (dy or dx):
         return x.clone()
     lead, (c, h, w) = x.shape[:-3], x.shape[-3:]
-    y = torch.nn.functional.interpolate(x.reshape(-1, c, h, w), size=(h * s, w * s), mode="bicubic",
-                                        align_corners=False)
-    return y.reshape(*lead, c, h * s, w * s)
+    if not (dy or dx):
+        y = torch.nn.functional.interpolate(x.reshape(-1, c, h, w), size=(h * s, w * s), mode="bicubic",
+                                            align_corners=False)
+        return y.reshape(*lead, c, h * s, w * s)
+    return _cubic_along(_cubic_along(x, s, dy, -2), s, dx, -1)
+
+
+def _keys(t: torch.Tensor, a: float = -0.75) -> list[torch.Tensor]:
+    """Keys cubic weights of the taps at −1, 0, 1, 2 for fractional positions t in [0, 1)."""
+    def near(d):
+        return ((a + 2) * d - (a + 3)) * d * d + 1
+
+    def far(d):
+        return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+
+    return [far(t + 1), near(t), near(1 - t), far(2 - t)]
+
+
+def _cubic_along(x: torch.Tensor, s: int, offset: float, dim: int) -> torch.Tensor:
+    n = x.shape[dim]
+    pos = (torch.arange(n * s, dtype=torch.float64, device=x.device) - (s - 1) / 2.0 - float(offset)) / s
+    i0 = torch.floor(pos)
+    w = _keys(pos - i0)
+    i0 = i0.long()
+    shape = [1] * x.dim()
+    shape[dim] = n * s
+    out = None
+    for k, wk in enumerate(w):
+        idx = (i0 + (k - 1)).clamp(0, n - 1)
+        term = torch.index_select(x, dim, idx) * wk.to(x.dtype).reshape(shape)
+        out = term if out is None else out.add_(term)
+    return out
 
 
 def check_inputs(lr: torch.Tensor, msi: torch.Tensor, bands: int, msi_bands: int) -> int:
