@@ -131,6 +131,9 @@ class Protocol:
                 # checked in tests/test_degrade.py): an installed hsfuse builds it without the file
                 return Psf(gaussian_kernel(32, 10.0), s, pad=0, border=self.border,
                            name=f"{self.name}: C as the Gaussian sigma 10 it equals (block {s}×{s})")
+        if self.kernel == "hiftool":
+            return Psf(hiftool_kernel(s), s, pad=0, border=self.border,
+                       name=f"{self.name}: HIFtool Gaussian size {s}, sigma {s // 1.5:g} (block {s}×{s})")
         if self.kernel in ("box", "triangle", "cubic"):
             kern = box_kernel(s) if self.kernel == "box" else resize_kernel(self.kernel, s)
             return Psf(kern, s, pad=(kern.shape[0] - s) // 2, border=border or self.border,
@@ -159,6 +162,23 @@ class Protocol:
         }
 
 
+def hiftool_kernel(s: int) -> np.ndarray:
+    """HIFtool's ×s kernel: taps at x = −((s−1))//2 … (s−1)//2 (Python floor division, so −16 … 15 at
+    ×32: the peak sits half a pixel after the block centre), weight exp(−x²/2σ²) with σ = s // 1.5
+    (floor: 21 at ×32), normalised; the 2-D kernel is the outer product, applied in s×s blocks
+    (``nn.Conv2d(kernel_size=s, stride=s)``, no padding)."""
+    x = np.arange(-(s - 1) // 2, (s - 1) // 2 + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (x / (s // 1.5)) ** 2)
+    k /= k.sum()
+    return np.outer(k, k)
+
+
+_HIFTOOL_REF = ("X. Cao et al., HIFtool (github.com/Caoxuheng/HIFtool), Dataloader_tool/loader_L.py: "
+                "getGaussiankernel(sf, sf // 1.5), kernel @= kernel.T, Conv2d(kernel_size=sf, stride=sf); "
+                "CAVE .mat scenes 1-32: test [1,2,7,8,9,10,11,14,15,20,26,27], validation [16,18,28], the rest "
+                "train; HR·R with their NikonD700.npy (hsfuse uses the MHF-Net D700 R: their table is not "
+                "shipped).")
+
 _MHF_REF = ("Xie et al., MHF-Net (CVPR 2019 / TPAMI 2020), CAVE simulation; also HSR-Diff. "
             "Kernel C and response R from MHF-net rowData/CAVEdata/'response coefficient.mat'.")
 
@@ -182,6 +202,11 @@ for _s in (4, 8, 16):
         open_options=("srf_file",),
         reference=("×8: the common CAVE Gaussian-blur protocol (8×8 Gaussian σ=2, non-overlapping); "
                    "×4/×16 keep σ = s/4 (hsfuse choice). R from MHF-Net response_coefficient.mat.")))
+_register(Protocol(
+    "hiftool-gauss-x32", "CAVE ×32 as in HIFtool: 32×32 blocks weighted by a Gaussian σ 21 sampled at −16…15 "
+    "(peak half a pixel after the block centre); MSI = HR·R (MHF-Net R); no noise",
+    form="block", kernel="hiftool", scale=32, sigma_rule="", srf="mhf-R", input_scaling="uint16",
+    open_options=("srf_file",), reference=_HIFTOOL_REF))
 _register(Protocol(
     "wald-gauss", "Wald protocol: Gaussian PSF with FWHM = s, convolution + decimation (kernel centred on the "
     "s×s block, reflect border); SRF given with --srf; optional noise",

@@ -197,6 +197,25 @@ def test_dian_preset_matches_the_published_code_path():
     assert np.abs(spatial_degrade(z, psf) - ref).max() < 1e-12
 
 
+def test_hiftool_preset_matches_the_published_code_path():
+    """hiftool-gauss-x32 against HIFtool's own recipe written with torch (Conv2d, kernel sf, stride sf)."""
+    import torch
+
+    sf = 32
+    x = torch.arange(-(sf - 1) // 2, (sf - 1) // 2 + 1, dtype=torch.float64)  # their getGaussiankernel
+    k = torch.exp(-1 / 2 * torch.pow(x / (sf // 1.5), 2))
+    k = (k / k.sum()).view(-1, 1)
+    k2 = k @ k.T
+    z = np.random.default_rng(1).random((3, 96, 64))
+    ref = torch.nn.functional.conv2d(torch.from_numpy(z)[:, None], k2[None, None], stride=sf)[:, 0].numpy()
+    psf = get_protocol("hiftool-gauss-x32").build_psf()
+    assert psf.size == 32 and psf.scale == 32
+    assert np.abs(spatial_degrade(z, psf) - ref).max() < 1e-12
+    from hsfuse.degrade import sampling_phase
+
+    assert 0 < sampling_phase(psf)[0] < 0.5  # the peak after the centre, flattened by σ 21
+
+
 def _mhf_available() -> bool:
     try:
         get_protocol("cave-gauss-x8").build()
