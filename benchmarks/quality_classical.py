@@ -26,7 +26,8 @@ SHARED = REPO.parent / "shared" / "data"
 
 from hsfuse.degrade import Psf, gaussian_kernel  # noqa: E402
 from hsfuse.fusion.base import FusionProblem  # noqa: E402
-from hsfuse.models.classical import CLASSICAL, fuse_arrays  # noqa: E402
+from hsfuse.models.classical import fuse_arrays  # noqa: E402
+from hsfuse.models.registry import classical_fusers  # noqa: E402
 
 
 def read_cave(scene: str) -> np.ndarray:
@@ -114,7 +115,7 @@ def main() -> None:
                 prob = FusionProblem(psf.scale, gt.shape[0], msi.shape[0], psf=psf,
                                      srf=None if args.no_srf else srf, options=o)
                 t0 = time.perf_counter()
-                out = fuse_arrays(CLASSICAL[meth], lr, msi, prob)
+                out = fuse_arrays(classical_fusers()[meth], lr, msi, prob)
                 dt = time.perf_counter() - t0
                 r = (psnr(gt, out), sam(gt, out), dt)
                 results.setdefault((prot, name), []).append(r)

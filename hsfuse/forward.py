@@ -88,6 +88,16 @@ class ForwardModel:
     estimate: "PairEstimate | None" = None
     noise: Any = None  # hsfuse.denoise.NoiseEstimate, when estimated
     denoise: tuple[bool, bool] = (False, False)  # (LR-HSI, MSI) are denoised before fusion
+    wavelengths: np.ndarray | None = None  # band centres (nm) the SRF columns belong to, when known
+
+    @property
+    def scale(self) -> int:
+        return self.psf.scale
+
+    @property
+    def name(self) -> str:
+        """The preset's name, else where the PSF came from (what a weights record calls its protocol)."""
+        return self.protocol or self.psf_source
 
     def describe(self) -> dict[str, Any]:
         return {

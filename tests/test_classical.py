@@ -8,7 +8,8 @@ import pytest
 from conftest import smooth_cube
 from hsfuse.degrade import Psf, gaussian_kernel, spatial_degrade
 from hsfuse.fusion.base import FusionProblem
-from hsfuse.models.classical import CLASSICAL, CNMF, GLPHS, Bicubic, DetailInjection, degrade_t, fuse_arrays, vca
+from hsfuse.models.classical import CNMF, GLPHS, Bicubic, DetailInjection, degrade_t, fuse_arrays, vca
+from hsfuse.models.registry import classical_fusers
 
 # small iteration counts keep CNMF fast in tests; quality is checked with its defaults elsewhere
 FAST = {"cnmf": {"inner": 30, "outer": 1, "lr_iters": 60, "hr_iters": 60}}
@@ -65,15 +66,15 @@ def _tiled(method_cls, lr, msi, problem, tiles=(2, 2)):
     return out
 
 
-@pytest.mark.parametrize("name", sorted(CLASSICAL))
+@pytest.mark.parametrize("name", sorted(classical_fusers()))
 @pytest.mark.parametrize("bands,msi_bands", [(7, 3), (48, 9)])
 def test_every_method_shape_dtype_finite(name, bands, msi_bands):
     z, lr, msi, psf, srf = _pair(bands, msi_bands, size=32, scale=4)
-    out = fuse_arrays(CLASSICAL[name], lr, msi, _problem(name, lr, msi, psf, srf))
+    out = fuse_arrays(classical_fusers()[name], lr, msi, _problem(name, lr, msi, psf, srf))
     assert out.shape == z.shape
     assert out.dtype == np.float32
     assert np.isfinite(out).all()
-    m = CLASSICAL[name](_problem(name, lr, msi, psf, srf))
+    m = classical_fusers()[name](_problem(name, lr, msi, psf, srf))
     d = m.describe()
     assert d["name"] == name and d["halo_lr"] == m.halo_lr >= 2
 
@@ -84,7 +85,7 @@ def test_fusion_beats_bicubic(name):
     opts = {} if name != "cnmf" else {"inner": 100, "outer": 2, "lr_iters": 200, "hr_iters": 200}
     prob = _problem(name, lr, msi, psf, srf, **opts)
     base = _psnr(z, fuse_arrays(Bicubic, lr, msi, prob))
-    fused = _psnr(z, fuse_arrays(CLASSICAL[name], lr, msi, prob))
+    fused = _psnr(z, fuse_arrays(classical_fusers()[name], lr, msi, prob))
     assert fused > base + 3.0, (name, fused, base)
 
 
@@ -96,8 +97,8 @@ def test_fusion_beats_bicubic(name):
 def test_tiled_equals_untiled(name, opts, psf):
     z, lr, msi, psf, srf = _pair(9, 3, size=64, scale=4, psf=psf, texture=0.05, seed=3)
     prob = _problem(name, lr, msi, psf, srf, **opts)
-    whole = fuse_arrays(CLASSICAL[name], lr, msi, prob)
-    tiled = _tiled(CLASSICAL[name], lr, msi, prob, tiles=(2, 2))
+    whole = fuse_arrays(classical_fusers()[name], lr, msi, prob)
+    tiled = _tiled(classical_fusers()[name], lr, msi, prob, tiles=(2, 2))
     np.testing.assert_allclose(tiled, whole, atol=1e-4, rtol=0)
 
 
@@ -116,7 +117,7 @@ def test_default_psf_is_reported():
     assert d["psf_assumed"] is True and "gaussian" in d["psf"] and "assumed" in d["note"]
 
 
-@pytest.mark.parametrize("name", sorted(CLASSICAL))
+@pytest.mark.parametrize("name", sorted(classical_fusers()))
 def test_nodata_gives_nan_there_and_finite_elsewhere(name):
     z, lr, msi, psf, srf = _pair(7, 3, size=32, scale=4)
     lr = lr.copy()
@@ -124,7 +125,7 @@ def test_nodata_gives_nan_there_and_finite_elsewhere(name):
     lr[:, 2, 3] = np.nan  # one LR pixel nodata
     msi[:, 20, 25] = np.nan  # one MSI pixel nodata
     prob = _problem(name, lr, msi, psf, srf)
-    m = CLASSICAL[name](prob)
+    m = classical_fusers()[name](prob)
     m.fit(lr, spatial_degrade(msi, psf))  # msi_lr has NaN around (5, 6): fit ignores it
     hl = m.halo_lr
     s = psf.scale
@@ -204,7 +205,7 @@ def test_cave_gsa_beats_bicubic_by_10db(shared_data):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", sorted(CLASSICAL))
+@pytest.mark.parametrize("name", sorted(classical_fusers()))
 def test_cuda_matches_cpu(name):
     import torch
 
@@ -212,13 +213,13 @@ def test_cuda_matches_cpu(name):
         pytest.skip("needs CUDA")
     z, lr, msi, psf, srf = _pair(9, 3, size=64, scale=4, texture=0.05, seed=3)
     prob = _problem(name, lr, msi, psf, srf)
-    cpu = fuse_arrays(CLASSICAL[name], lr, msi, prob, device="cpu")
-    gpu = fuse_arrays(CLASSICAL[name], lr, msi, prob, device="cuda")
+    cpu = fuse_arrays(classical_fusers()[name], lr, msi, prob, device="cpu")
+    gpu = fuse_arrays(classical_fusers()[name], lr, msi, prob, device="cuda")
     assert gpu.dtype == np.float32 and gpu.shape == cpu.shape
     np.testing.assert_allclose(gpu, cpu, atol=2e-3)
 
 
-@pytest.mark.parametrize("name", sorted(CLASSICAL))
+@pytest.mark.parametrize("name", sorted(classical_fusers()))
 def test_streaming_engine_matches_fuse_arrays(name):
     """The real tiling engine (small tiles, nodata in both inputs) gives what fuse_arrays gives."""
     engine = pytest.importorskip("hsfuse.fusion.engine")
@@ -229,7 +230,7 @@ def test_streaming_engine_matches_fuse_arrays(name):
     opts = FAST.get(name, {})
     streamed = engine.fuse_arrays(lr, msi, engine.FuseConfig(model=name, tile=48, overlap=0, device="cpu",
                                                              psf=psf, srf=srf, options=opts, denoise="off"))
-    whole = fuse_arrays(CLASSICAL[name], lr, msi, _problem(name, lr, msi, psf, srf))  # the texture reads as noise
+    whole = fuse_arrays(classical_fusers()[name], lr, msi, _problem(name, lr, msi, psf, srf))  # the texture reads as noise
     assert np.array_equal(np.isnan(streamed), np.isnan(whole))
     ok = np.isfinite(whole)
     np.testing.assert_allclose(streamed[ok], whole[ok], atol=1e-4, rtol=0)
@@ -299,7 +300,7 @@ def test_phase_aware_interpolation_beats_block_centred(name, monkeypatch):
     srf = _srf(3, z.shape[0], 4)
     lr, msi = spatial_degrade(z, psf).astype(np.float32), np.einsum("mc,chw->mhw", srf, z).astype(np.float32)
     prob = _problem(name, lr, msi, psf, srf)
-    aware = _psnr(z, fuse_arrays(CLASSICAL[name], lr, msi, prob))
+    aware = _psnr(z, fuse_arrays(classical_fusers()[name], lr, msi, prob))
     monkeypatch.setattr(classical, "sampling_phase", lambda p: (0.0, 0.0))
-    centred = _psnr(z, fuse_arrays(CLASSICAL[name], lr, msi, prob))
+    centred = _psnr(z, fuse_arrays(classical_fusers()[name], lr, msi, prob))
     assert aware > centred + 1.0, (aware, centred)

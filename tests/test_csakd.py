@@ -7,7 +7,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from hsfuse.models.csakd import CSAKDNet, S3RNet, build_csakd, build_from_record, default_widths  # noqa: E402
+from hsfuse.models.architectures import build_network as build_from_record  # noqa: E402
+from hsfuse.models.csakd import CSAKDNet, S3RNet, build_csakd, default_widths  # noqa: E402
 from hsfuse.models.csakd_fuser import run_tiled  # noqa: E402
 
 

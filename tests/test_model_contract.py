@@ -45,7 +45,7 @@ def _tiny_network(name: str):
         net = CDFormer(bands=BANDS, msi_bands=MSI_BANDS, width=8, depth=2, heads=2, window=3, ffn_expansion=1.5,
                        emb_dim=16)
         return "hsrdiff-cdformer", net, {"diffusion": D.NoiseSchedule(timesteps=50).to_dict()}
-    from hsfuse.models.zoo_fuser import ARCHITECTURES, build_network
+    from hsfuse.models.architectures import ARCHITECTURES, build_network
 
     tiny = {"mftn": {"nf": 8, "heads": 8}, "hyfusion": {"nf": 8, "heads": 2, "window": 4, "blocks": 1},
             "mulsr": {"nf": 8, "blocks": 1, "small_scale": 2}, "refine": {"nf": 8, "hr_nf": 4, "blocks": 1}}

@@ -38,7 +38,7 @@ from ..degrade import Psf, sampling_phase, spatial_degrade
 from ..errors import InputError, UsageError
 from ..fusion.base import Fuser, FusionProblem
 
-__all__ = ["Bicubic", "DetailInjection", "GLPHS", "CNMF", "CLASSICAL", "fuse_arrays", "vca"]
+__all__ = ["Bicubic", "DetailInjection", "GLPHS", "CNMF", "fuse_arrays", "vca"]
 
 
 # --------------------------------------------------------------------------- torch helpers
@@ -664,7 +664,6 @@ class CNMF(_ClassicalBase):
         return d
 
 
-CLASSICAL: dict[str, type[Fuser]] = {"bicubic": Bicubic, "gsa": DetailInjection, "glp-hs": GLPHS, "cnmf": CNMF}
 
 
 def fuse_arrays(method_cls: type[Fuser] | Fuser, lr: np.ndarray, msi: np.ndarray, problem: FusionProblem,

@@ -48,9 +48,6 @@ from torch import nn
 
 from .common import check_inputs, residual_base
 
-ARCHITECTURES = ("csakd-teacher", "csakd-student")
-
-
 def _round_up(x: float, m: int) -> int:
     return int(max(m, math.ceil(x / m) * m))
 
@@ -225,12 +222,14 @@ def build_csakd(kind: str = "student", bands: int = 31, msi_bands: int = 3, prio
     return CSAKDNet(bands, msi_bands, prior=prior, kind=kind, **cfg)
 
 
-def build_from_record(architecture: str, kwargs: dict[str, Any]) -> CSAKDNet:
-    """Rebuild a network from a weights record's ``architecture`` and ``kwargs``."""
-    if architecture not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {architecture!r} (known: {', '.join(ARCHITECTURES)})")
-    kw = {k: v for k, v in kwargs.items() if k != "kind"}
-    return CSAKDNet(kind=architecture.split("-")[1], **kw)
+def student_from_record(**kwargs: Any) -> CSAKDNet:
+    """The student a weights record describes (``architectures.py``: "csakd-student")."""
+    return CSAKDNet(kind="student", **{k: v for k, v in kwargs.items() if k != "kind"})
+
+
+def teacher_from_record(**kwargs: Any) -> CSAKDNet:
+    """The teacher a weights record describes (``architectures.py``: "csakd-teacher")."""
+    return CSAKDNet(kind="teacher", **{k: v for k, v in kwargs.items() if k != "kind"})
 
 
 def CSAKDTeacher(bands: int = 31, msi_bands: int = 3, prior: bool = False, **kw: Any) -> CSAKDNet:

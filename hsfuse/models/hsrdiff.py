@@ -45,7 +45,6 @@ from ..fusion.base import Fuser, FusionProblem
 from . import diffusion as D
 from .common import check_inputs, residual_base
 
-ARCHITECTURES = ("hsrdiff-cdformer",)
 DEFAULT_KWARGS = {"width": 64, "depth": 4, "heads": 4, "window": 8, "ffn_expansion": 2.0, "emb_dim": 128}
 
 Origin = tuple[int, int]
@@ -371,13 +370,6 @@ def build_cdformer(bands: int = 31, msi_bands: int = 3, **overrides: Any) -> CDF
     return CDFormer(bands, msi_bands, **kw)
 
 
-def build_from_record(architecture: str, kwargs: dict[str, Any]) -> CDFormer:
-    """Rebuild the network from a weights record's ``architecture`` and ``kwargs``."""
-    if architecture not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {architecture!r} (known: {', '.join(ARCHITECTURES)})")
-    return CDFormer(**kwargs)
-
-
 def count_parameters(net: nn.Module) -> int:
     return int(sum(p.numel() for p in net.parameters()))
 
@@ -442,11 +434,12 @@ class HSRDiffFuser(Fuser):
     # -- weights
     def _load_network(self) -> tuple[CDFormer, dict[str, Any]]:
         """(network, record) from ``weights``; tests override this to build an untrained network."""
+        from .architectures import build_network
         from .zoo_fuser import load_checked
 
         if self.weights_path is None:
             raise ModelError("hsr-diff needs trained weights (not yet trained: none are shipped; see docs/models/hsr-diff.md)")
-        return load_checked(self.weights_path, self.problem, build_from_record)
+        return load_checked(self.weights_path, self.problem, build_network)
 
     # -- engine interface
     def fit(self, lr: np.ndarray, msi_lr: np.ndarray) -> None:

@@ -151,6 +151,11 @@ def list_models(include_unavailable: bool = True) -> list[ModelEntry]:
     return [e for e in _ENTRIES if include_unavailable or e.available]
 
 
+def classical_fusers() -> dict[str, type]:
+    """name -> Fuser class of every classical entry (benchmarks and tests loop over them)."""
+    return {e.name: e.load_class() for e in _ENTRIES if e.kind == "classical"}
+
+
 def get_model(name: str) -> ModelEntry:
     key = name.lower()
     key = _ALIASES.get(key, key)

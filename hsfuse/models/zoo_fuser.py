@@ -3,7 +3,7 @@
     $ hsfuse fuse lr.hdr msi.tif -o out.hdr --model mftn --opt weights=weights/mftn-cave-gauss-x8
 
 The network is rebuilt from the weights record's ``architecture`` and
-``kwargs`` through the explicit table :data:`ARCHITECTURES` (no scanning; the
+``kwargs`` through the one architecture table (``architectures.py``; no scanning; the
 model module is imported only when used). The weights come from
 ``problem.options["weights"]`` or, when the model is in the registry with
 weights stems, the installed stem whose record lists the inputs' scale. The
@@ -23,7 +23,6 @@ give it a blending overlap.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import math
 from pathlib import Path
 from typing import Any
@@ -32,39 +31,11 @@ import numpy as np
 
 from ..errors import ModelError, UsageError
 from ..fusion.base import Fuser, FusionProblem
+from .architectures import build_network
 from .consistency import consistency_halo, match_lr
 
 #: -O lr_consistency=VALUE -> on/off ("auto": on when the PSF is exact)
 LR_CONSISTENCY = {"auto": None, "on": True, "true": True, "1": True, "off": False, "false": False, "0": False}
-
-#: architecture name in a weights record -> "module:class" (explicit, imported lazily)
-ARCHITECTURES: dict[str, str] = {
-    "mftn": "hsfuse.models.mftn:MFTN",
-    "hyfusion": "hsfuse.models.hyfusion:HyFusion",
-    "mulsr": "hsfuse.models.mulsr:MulSR",
-    "refine": "hsfuse.models.refine:RefineNet",
-}
-
-
-def architecture_class(name: str) -> type:
-    if name not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {name!r} (known: {', '.join(ARCHITECTURES)})")
-    mod, attr = ARCHITECTURES[name].split(":")
-    return getattr(importlib.import_module(mod), attr)
-
-
-def build_network(architecture: str, kwargs: dict[str, Any] | None = None):
-    """Build an untrained network by architecture name; ``kwargs`` as in a record (``net.config``)."""
-    if architecture.startswith("csakd-"):  # teacher/student share one class, the kind is in the name
-        from .csakd import build_from_record as build_csakd
-
-        return build_csakd(architecture, dict(kwargs or {}))
-    return architecture_class(architecture)(**dict(kwargs or {}))
-
-
-#: the same call under the name ``hsfuse.models.csakd`` uses
-build_from_record = build_network
-
 
 def _autocast(device: str, precision: str):
     from .common import autocast
@@ -147,7 +118,7 @@ def dihedral(a, k: int, inverse: bool = False):
 
 
 class NetworkFuser(Fuser):
-    """Any network of :data:`ARCHITECTURES` with trained weights; optionally refining the GSA estimate."""
+    """Any network of ``architectures.ARCHITECTURES`` with trained weights; optionally refining the GSA estimate."""
 
     name = "network"
 

@@ -83,10 +83,10 @@ class TrainConfig:
     notes: str = ""
 
     def __post_init__(self) -> None:
-        from .objectives import MODELS
+        from ..models.architectures import TRAINABLE
 
-        if self.model not in MODELS:
-            raise UsageError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        if self.model not in TRAINABLE:
+            raise UsageError(f"model must be one of {', '.join(TRAINABLE)}, got {self.model!r}")
         if self.distill and self.model != "student":
             raise UsageError("distill trains a student from a co-trained teacher: use model = 'student'")
         if self.joint_scale and self.model != "mulsr":
@@ -105,7 +105,7 @@ class TrainConfig:
                 progressive_patch_size(0, self.patch_schedule)
             except (ValueError, TypeError, IndexError) as e:
                 raise UsageError(f"patch_schedule: {e}") from None
-        known = MODELS[self.model].loss_weights
+        known = TRAINABLE[self.model].loss_weights
         unknown = set(self.loss_weights) - set(known)
         if unknown:
             raise UsageError(f"unknown loss weights {sorted(unknown)} for model {self.model} (known: {', '.join(known)})")
@@ -113,9 +113,9 @@ class TrainConfig:
     @property
     def weights(self) -> dict[str, float]:
         """The model's default loss weights with this run's overrides."""
-        from .objectives import MODELS
+        from ..models.architectures import TRAINABLE
 
-        w = dict(MODELS[self.model].loss_weights)
+        w = dict(TRAINABLE[self.model].loss_weights)
         w.update(self.loss_weights)
         return w
 

@@ -16,91 +16,32 @@ a multiple of s, so the crop of the LR is the LR of the crop), with flips,
 from __future__ import annotations
 
 import math
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..degrade import Psf, gaussian_kernel, spatial_degrade
-from ..errors import HsfuseError, InputError, UsageError
+from ..degrade import Psf
+from ..errors import InputError, UsageError
+from ..forward import ForwardModel
 
 CUBE_SUFFIXES = (".hdr", ".tif", ".tiff", ".mat", ".npy")
-MHF_MAT = Path(__file__).resolve().parents[3] / "shared" / "data" / "srf" / "nikon_d700_mhfnet" / "response_coefficient.mat"
 
 
-@dataclass
-class ForwardModel:
-    """PSF + SRF (m x C) of a protocol, with what to write in the record."""
+def preset_forward_model(name: str) -> ForwardModel:
+    """A named preset of ``hsfuse.protocols`` as the (exact) forward model training simulates."""
+    from ..protocols import get_protocol
 
-    name: str
-    psf: Psf
-    srf: np.ndarray
-    srf_name: str
-    wavelengths: np.ndarray | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def scale(self) -> int:
-        return self.psf.scale
-
-
-# ----------------------------------------------------------------------------- protocols
-
-def _mhf_mat(path: Path = MHF_MAT) -> dict[str, np.ndarray]:
-    from scipy.io import loadmat
-
-    if not path.exists():
-        raise InputError("SRF/PSF file of the CAVE protocols not found", path)
-    m = loadmat(str(path))
-    return {"R": np.asarray(m["R"], dtype=np.float64), "C": np.asarray(m["C"], dtype=np.float64)}
-
-
-def _builtin_protocol(name: str) -> ForwardModel:
-    """The two CAVE presets, built exactly as docs/protocols.md defines them (used until hsfuse.protocols lands)."""
-    mat = _mhf_mat()
-    srf = mat["R"].T  # (3, 31), rows R, G, B
-    wl = np.arange(400, 701, 10, dtype=np.float64)
-    if name == "cave-mhf-x32":
-        psf = Psf.block(mat["C"])
-        psf.name = "mhf-net C (32x32 blocks)"
-    elif name == "cave-gauss-x8":
-        psf = Psf.block(gaussian_kernel(8, 2.0, center=3.5))
-        psf.name = "gaussian(sigma=2) 8x8 blocks"
-    else:
-        raise UsageError(f"unknown protocol {name!r} (known: cave-gauss-x8, cave-mhf-x32, custom)")
-    return ForwardModel(name, psf, srf, "nikon_d700_mhfnet", wl, {"source": "builtin"})
-
-
-def _library_protocol(name: str) -> ForwardModel | None:
-    """The preset from ``hsfuse.protocols`` when that module exists (same numbers as the builtin)."""
-    try:
-        from .. import protocols as P  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    proto = None
-    for getter in ("get_protocol", "get"):
-        fn = getattr(P, getter, None)
-        if callable(fn):
-            try:
-                proto = fn(name)
-                break
-            except (KeyError, ValueError):
-                return None
-    if proto is None:
-        table = getattr(P, "PROTOCOLS", None) or getattr(P, "PRESETS", None)
-        if isinstance(table, dict) and name in table:
-            proto = table[name]
-    if proto is None or not hasattr(proto, "build"):
-        return None
-    try:
-        built = proto.build()
-    except TypeError:
-        return None
-    psf, srf = built[0], np.asarray(built[1], dtype=np.float64)
-    wl = getattr(proto, "wavelengths", None)
-    return ForwardModel(name, psf, srf, str(getattr(proto, "srf_name", "nikon_d700_mhfnet")),
-                        None if wl is None else np.asarray(wl, dtype=np.float64), {"source": "hsfuse.protocols"})
+    proto = get_protocol(name)
+    psf, srf = proto.build()
+    if srf is None:
+        raise UsageError(f"protocol {name} leaves the SRF to the caller: train with protocol 'custom' and an SRF file")
+    wl = np.arange(400, 701, 10, dtype=np.float64) if srf.shape[1] == 31 else None  # the CAVE presets' bands
+    return ForwardModel(psf=psf, psf_source=psf.name, srf=np.asarray(srf, np.float64),
+                        srf_source="nikon_d700_mhfnet" if proto.srf == "mhf-R" else str(proto.srf),
+                        exact=True, protocol=name, wavelengths=wl)
 
 
 def _load_srf_file(path: str | Path) -> np.ndarray:
@@ -130,48 +71,24 @@ def _load_srf_file(path: str | Path) -> np.ndarray:
 def forward_model(protocol: str, scale: int = 0, psf_sigma: float = 0.0, srf_file: str = "") -> ForwardModel:
     """The protocol preset, or ``custom``: Gaussian PSF (``psf_sigma``, default FWHM = scale) and an SRF file."""
     if protocol != "custom":
-        return _library_protocol(protocol) or _builtin_protocol(protocol)
+        return preset_forward_model(protocol)
     if scale < 1 or not srf_file:
         raise UsageError("protocol 'custom' needs --scale and --srf-file")
     psf = Psf.gaussian(scale, psf_sigma or None)
-    return ForwardModel("custom", psf, _load_srf_file(srf_file), Path(srf_file).name, None,
-                        {"psf_sigma": psf_sigma, "srf_file": str(srf_file)})
+    return ForwardModel(psf=psf, psf_source="custom", srf=_load_srf_file(srf_file), srf_source=Path(srf_file).name,
+                        exact=True)
 
 
 # ----------------------------------------------------------------------------- reading scenes
 
-def _read_band_folder(folder: Path) -> np.ndarray:
-    from PIL import Image
-
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".tif", ".tiff", ".bmp"))
-    if not files:
-        raise InputError("no band images in folder", folder)
-    bands = []
-    for p in files:
-        with Image.open(p) as im:
-            a = np.asarray(im)
-        if a.ndim == 3:  # a few CAVE bands are stored as RGBA: take the first channel
-            a = a[..., 0]
-        scale = 65535.0 if a.dtype == np.uint16 or a.max() > 255 else 255.0
-        bands.append(a.astype(np.float32) / scale)
-    return np.stack(bands)
-
-
 def read_hr(path: str | Path) -> np.ndarray:
-    """A float32 (C, H, W) cube in [0, 1] (``hsfuse.io.read_cube``; Pillow for band folders until it lands)."""
+    """A float32 (C, H, W) cube in [0, 1] as ``hsfuse.io.read_cube`` reads it (band folders included)."""
+    from ..io import read_cube
+
     path = Path(path)
     if path.suffix == ".npy":
         return np.load(path).astype(np.float32)
-    try:
-        from ..io import read_cube
-
-        cube = read_cube(path)
-        data = cube.data if hasattr(cube, "data") else cube
-        return np.asarray(data, dtype=np.float32)
-    except (ImportError, AttributeError, HsfuseError):
-        if path.is_dir():  # band-folder reader not there yet: read the PNGs directly
-            return _read_band_folder(path)
-        raise
+    return np.asarray(read_cube(path).data, dtype=np.float32)
 
 
 def scene_name(path: Path) -> str:
@@ -218,76 +135,27 @@ def split_scenes(found: dict[str, Path], validation: Sequence[str], train: Seque
 # ----------------------------------------------------------------------------- forward model, prior
 
 def degrade(z: np.ndarray, fm: ForwardModel) -> tuple[np.ndarray, np.ndarray]:
-    """(LR, MSI) of a (C, H, W) cube, noise-free (``hsfuse.degrade.degrade_cube`` when present)."""
-    from .. import degrade as D
+    """(LR, MSI) of a (C, H, W) cube, noise-free."""
+    from ..degrade import degrade_cube
 
-    if hasattr(D, "degrade_cube"):
-        try:
-            lr, msi = D.degrade_cube(z, fm.psf, fm.srf, None, None, 0)
-            return np.asarray(lr, np.float32), np.asarray(msi, np.float32)
-        except TypeError:  # signature still in flux: fall back to the exact definition below
-            pass
-    lr = spatial_degrade(z, fm.psf).astype(np.float32)
-    msi = np.einsum("mc,chw->mhw", fm.srf.astype(np.float32), z).astype(np.float32)
-    return lr, msi
-
-
-class RegressionDetailInjection:
-    """Fallback GSA-style detail injection (used only until hsfuse.models.classical lands).
-
-    Gains G (C x m) from a least-squares regression of the centred LR bands on
-    the centred MSI degraded to the LR grid (whole scene); then
-    Z = up(LR) + G (MSI - up(MSI_lr)) with bicubic ``up``.
-    """
-
-    halo_lr = 3
-
-    def __init__(self, psf: Psf):
-        self.psf = psf
-        self.gains: np.ndarray | None = None
-
-    def fit(self, lr: np.ndarray, msi_lr: np.ndarray) -> None:
-        c, m = lr.shape[0], msi_lr.shape[0]
-        y = lr.reshape(c, -1).astype(np.float64)
-        x = msi_lr.reshape(m, -1).astype(np.float64)
-        ok = np.isfinite(y).all(0) & np.isfinite(x).all(0)
-        y, x = y[:, ok], x[:, ok]
-        y = y - y.mean(1, keepdims=True)
-        x = x - x.mean(1, keepdims=True)
-        self.gains = np.linalg.solve(x @ x.T + 1e-9 * np.eye(m), x @ y.T).T  # (C, m)
-
-    def fuse_tile(self, lr: np.ndarray, msi: np.ndarray) -> np.ndarray:
-        import torch
-        import torch.nn.functional as F
-
-        s = self.psf.scale
-        msi_lr = spatial_degrade(msi, self.psf)
-        up = lambda a: F.interpolate(torch.from_numpy(np.ascontiguousarray(a, np.float32))[None], scale_factor=s,
-                                     mode="bicubic", align_corners=False)[0].numpy()
-        detail = msi - up(msi_lr)
-        return (up(lr) + np.einsum("cm,mhw->chw", self.gains.astype(np.float32), detail)).astype(np.float32)
+    lr, msi = degrade_cube(z, fm.psf, fm.srf, None, None, 0)
+    return np.asarray(lr, np.float32), np.asarray(msi, np.float32)
 
 
 def make_prior_fuser(fm: ForwardModel, bands: int):
-    """The detail-injection ("gsa") Fuser for this forward model (classical module, or the fallback)."""
-    try:
-        from ..fusion.base import FusionProblem
-        from ..models.classical import DetailInjection
-    except ImportError:
-        return RegressionDetailInjection(fm.psf)
+    """The detail-injection ("gsa") Fuser for this forward model."""
+    from ..fusion.base import FusionProblem
+    from ..models.classical import DetailInjection
+
     problem = FusionProblem(scale=fm.scale, lr_bands=bands, msi_bands=fm.srf.shape[0], psf=fm.psf, srf=fm.srf)
     return DetailInjection(problem)
 
 
 def gsa_prior(lr: np.ndarray, msi: np.ndarray, fm: ForwardModel) -> np.ndarray:
     """The GSA estimate of a whole scene, fitted on the whole scene as at inference."""
-    try:
-        from ..fusion.base import FusionProblem
-        from ..models.classical import DetailInjection, fuse_arrays
-    except ImportError:
-        fuser = RegressionDetailInjection(fm.psf)
-        fuser.fit(lr, spatial_degrade(msi, fm.psf))
-        return fuser.fuse_tile(lr, msi)
+    from ..fusion.base import FusionProblem
+    from ..models.classical import DetailInjection, fuse_arrays
+
     problem = FusionProblem(scale=fm.scale, lr_bands=lr.shape[0], msi_bands=msi.shape[0], psf=fm.psf, srf=fm.srf)
     return np.asarray(fuse_arrays(DetailInjection, lr, msi, problem), dtype=np.float32)
 
@@ -369,7 +237,7 @@ def add_srf_variants(scenes: Sequence[Scene], fm: "ForwardModel", srfs: Sequence
     for sc in scenes:
         for _, srf in srfs:
             msi = np.einsum("mc,chw->mhw", srf.astype(np.float32), sc.hr).astype(np.float32)
-            fm_v = ForwardModel(fm.name, fm.psf, srf, "augmented", fm.wavelengths)
+            fm_v = dataclasses.replace(fm, srf=srf, srf_source="augmented")
             sc.variants.append((msi, gsa_prior(sc.lr, msi, fm_v) if prior else None))
 
 
@@ -410,7 +278,7 @@ def at_scale(fm: ForwardModel, scale: int) -> ForwardModel:
         psf = fm.psf.rescaled(scale)
     except ValueError as e:
         raise UsageError(f"protocol {fm.name} cannot be used at x{scale}: {e}") from None
-    return ForwardModel(f"{fm.name}@x{scale}", psf, fm.srf, fm.srf_name, fm.wavelengths, dict(fm.info))
+    return dataclasses.replace(fm, psf=psf, psf_source=f"{fm.name}@x{scale}", protocol=None)
 
 
 def rescaled_scenes(scenes: Sequence[Scene], fm: ForwardModel, prior: bool) -> list[Scene]:
@@ -514,7 +382,8 @@ def synthetic_scenes(n: int = 3, bands: int = 8, size: int = 64, msi_bands: int 
     rng = np.random.default_rng(seed)
     srf = rng.uniform(0.0, 1.0, (msi_bands, bands))
     srf /= srf.sum(1, keepdims=True)
-    fm = ForwardModel("synthetic", Psf.gaussian(scale), srf, "random", np.linspace(400, 700, bands))
+    fm = ForwardModel(psf=Psf.gaussian(scale), psf_source="synthetic", srf=srf, srf_source="random", exact=True,
+                      wavelengths=np.linspace(400, 700, bands))
     scenes = []
     yy, xx = np.mgrid[0:size, 0:size] / size
     texture_amp = float(texture)

@@ -73,7 +73,7 @@ def build_record(cfg: TrainConfig, net, fm, result, train_scenes: Sequence, val_
                                                                               "seed": cfg.seed}}
     return {
         "name": name,
-        "architecture": model.architecture,
+        "architecture": model.name,
         "registry_model": model.registry,
         "kwargs": kw,
         "paper": model.paper,
@@ -84,7 +84,7 @@ def build_record(cfg: TrainConfig, net, fm, result, train_scenes: Sequence, val_
         # describes it, not the matrix
         "srf": None,
         "srf_summary": srf_summary(fm.srf, wl),
-        "srf_name": fm.srf_name,
+        "srf_name": fm.srf_source,
         "scales": sorted({int(fm.scale)} | ({int(cfg.joint_scale)} if getattr(cfg, "joint_scale", 0) else set())),
         "protocol": fm.name,
         "psf": {"name": fm.psf.name, "kernel_size": int(fm.psf.size), "scale": int(fm.psf.scale), "pad": int(fm.psf.pad)},

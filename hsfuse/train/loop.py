@@ -32,6 +32,7 @@ import numpy as np
 
 from ..errors import InputError, UsageError
 from .config import TrainConfig
+from .losses import gt_losses
 
 # ----------------------------------------------------------------------------- metrics
 
@@ -64,34 +65,11 @@ def quick_metrics(ref: np.ndarray, est: np.ndarray, scale: int) -> dict[str, flo
     return {"psnr": psnr, "sam": sam, "ergas": ergas}
 
 
-# ----------------------------------------------------------------------------- losses
-
-
-def sam_loss(x, y, eps: float = 1e-7):
-    from ..models.common import spectral_angle_loss
-
-    return spectral_angle_loss(x, y, eps)
-
-
-def beba_loss(x, y, eps: float = 1e-4):
-    """Band-energy-balance-aware MSE: each band's MSE divided by the band's energy in the GT batch."""
-    energy = (y ** 2).mean(dim=(0, 2, 3))
-    return (((x - y) ** 2).mean(dim=(0, 2, 3)) / (energy + eps)).mean()
-
-
-def gt_losses(out, gt, w: dict[str, float]) -> dict:
-    import torch.nn.functional as F
-
-    zero = out.new_zeros(())  # a term of weight 0 is logged, not computed
-    return {"l1": w["l1"] * F.l1_loss(out, gt), "beba": w["beba"] * beba_loss(out, gt) if w["beba"] else zero,
-            "sam": w["sam"] * sam_loss(out, gt) if w["sam"] else zero}
-
-
 # ----------------------------------------------------------------------------- model bundle
 
 
 def build_models(cfg: TrainConfig, bands: int, msi_bands: int, scale: int = 0):
-    """(trained network, teacher or None, adapter or None) for ``cfg`` (``cfg.model``: see objectives.MODELS)."""
+    """(trained network, teacher or None, adapter or None) for ``cfg`` (``cfg.model``: see ``hsfuse.models.architectures``)."""
     from torch import nn
 
     from .objectives import build_net

@@ -1,61 +1,28 @@
 """What ``hsfuse train`` can train, and for each: how to build it, its loss, how it predicts, its record.
 
-One table (:data:`MODELS`) so the loop stays model-agnostic: the CSAKD student and
-teacher (optionally distilled), MFTN, HyFusion, MulSR and HSR-Diff's CDFormer. Every
+The models come from the one architecture table (``hsfuse.models.architectures``), so the loop
+stays model-agnostic: the CSAKD student and teacher (optionally distilled), MFTN, HyFusion,
+MulSR, refine and HSR-Diff's CDFormer. Every
 network may refine the classical detail-injection estimate (``prior=True``, the default
 for training). Losses are each paper's (as reimplemented in the model module), computed
 inside :class:`Bundle` so DistributedDataParallel sees one forward.
 
->>> spec = MODELS["mftn"]
+>>> spec("mftn").loss_weights
 >>> net = build_net("mftn", bands=31, msi_bands=3, scale=8, prior=True, overrides={"nf": 24})
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str  # the --model value
-    architecture: str  # the record's architecture (zoo_fuser.build_network / hsrdiff.build_from_record)
-    registry: str  # the registry entry that serves the exported weights
-    paper: str
-    loss_weights: Mapping[str, float]  # defaults; --loss-weights overrides
+def spec(model: str):
+    """The architecture ``--model MODEL`` trains (``hsfuse.models.architectures``: build, registry, loss weights)."""
+    from ..models.architectures import trainable
 
-
-def _csakd_weights() -> dict[str, float]:
-    return {"l1": 1.0, "kd": 0.5, "feat": 0.1, "beba": 0.1, "sam": 0.05}
-
-
-#: the weights each model's loss uses by default (kept here so the config can validate without torch)
-MODELS: dict[str, ModelSpec] = {
-    "student": ModelSpec("student", "csakd-student", "csakd-s",
-                         "CSAKD, Hsu et al., arXiv 2406.19666 (2024); S3RNet describes the same network", _csakd_weights()),
-    "teacher": ModelSpec("teacher", "csakd-teacher", "csakd-s",
-                         "CSAKD, Hsu et al., arXiv 2406.19666 (2024); S3RNet describes the same network", _csakd_weights()),
-    "mftn": ModelSpec("mftn", "mftn", "mftn", "Huang et al., ICML 2024 (MFTN, IMatchFormer)",
-                      {"l1": 1.0, "grad": 0.1, "sam": 0.05, "transfer": 0.01}),
-    "hyfusion": ModelSpec("hyfusion", "hyfusion", "hyfusion", "Hsu, Lee, Kang et al., HyFusion (arXiv 2501.04665)",
-                          {"l1": 1.0, "sam": 0.1, "swt": 0.1}),
-    "mulsr": ModelSpec("mulsr", "mulsr", "mulsr", "MulSR, Multi-Scale Factor Joint Learning for HSI SR (IEEE TGRS)",
-                       {"small": 1.0, "large": 1.0, "sam": 0.0}),
-    "refine": ModelSpec("refine", "refine", "refine", "ours (hsfuse issue 20): GSA-residual CNN, half-resolution body",
-                        {"l1": 1.0, "beba": 0.0, "sam": 0.1}),
-    "hsr-diff": ModelSpec("hsr-diff", "hsrdiff-cdformer", "hsr-diff", "Wu et al., HSR-Diff, ICCV 2023 (arXiv 2306.12085)",
-                          {"l1": 1.0, "spatial": 0.5, "spectral": 0.5, "top_level": 0.0}),
-}
-
-
-def spec(model: str) -> ModelSpec:
-    from ..errors import UsageError
-
-    if model not in MODELS:
-        raise UsageError(f"unknown model {model!r} for training (known: {', '.join(MODELS)})")
-    return MODELS[model]
+    return trainable(model)
 
 
 def build_net(model: str, bands: int, msi_bands: int, scale: int, prior: bool, overrides: Mapping[str, Any] | None = None):
@@ -81,10 +48,7 @@ def _build_net(model: str, bands: int, msi_bands: int, scale: int, prior: bool, 
         from ..models.hsrdiff import build_cdformer
 
         return build_cdformer(bands, msi_bands, prior=prior, **over)
-    from ..models.zoo_fuser import build_network
-
-    return build_network(spec(model).architecture, {"bands": bands, "msi_bands": msi_bands, "scale": scale,
-                                                    "prior": prior, **over})
+    return spec(model).build({"bands": bands, "msi_bands": msi_bands, "scale": scale, "prior": prior, **over})
 
 
 def record_kwargs(model: str, net) -> dict[str, Any]:
@@ -104,7 +68,7 @@ def make_loss(model: str, weights: Mapping[str, float], fm=None) -> Callable:
 
     w = dict(weights)
     if model in ("student", "teacher", "refine"):
-        from .loop import gt_losses
+        from .losses import gt_losses
 
         def csakd(net, lr, msi, prior, hr):
             out = net(lr, msi, prior).float()
