@@ -20,7 +20,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -28,6 +28,93 @@ from .errors import ModelError
 
 FORMAT_VERSION = 1
 REQUIRED_FIELDS = ("name", "architecture", "kwargs", "bands", "scales", "protocol", "training_data", "steps", "validation_metrics")
+
+
+class WeightsRecord(dict):
+    """A weights record (the JSON, as a dict) with typed readings of the fields the engine decides on.
+
+    Parsed where read (``read_record``); every reading tolerates a hand-edited or foreign record:
+    a field it cannot read is "not recorded" (None / empty), never a crash in the default choice.
+    """
+
+    @classmethod
+    def of(cls, rec: Mapping[str, Any]) -> "WeightsRecord":
+        return rec if isinstance(rec, WeightsRecord) else cls(rec)
+
+    @property
+    def scales(self) -> list[int]:
+        try:
+            return [int(x) for x in self.get("scales") or []]
+        except (TypeError, ValueError):
+            return []
+
+    @property
+    def bands(self) -> int | None:
+        try:
+            return int(self["bands"])
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    @property
+    def msi_bands(self) -> int | None:
+        try:
+            return None if self.get("msi_bands") is None else int(self["msi_bands"])
+        except (TypeError, ValueError):
+            return None
+
+    @property
+    def wavelengths(self) -> np.ndarray | None:
+        try:
+            return None if self.get("wavelengths") is None else np.asarray(self["wavelengths"], dtype=float)
+        except (TypeError, ValueError):
+            return None
+
+    @property
+    def protocol(self) -> str:
+        return str(self.get("protocol") or "")
+
+    @property
+    def srf_tolerance_nm(self) -> float:
+        try:
+            return float(self.get("srf_tolerance_nm", 10.0))
+        except (TypeError, ValueError):
+            return 10.0
+
+    @property
+    def srf_summary(self) -> dict[str, Any]:
+        v = self.get("srf_summary")
+        return v if isinstance(v, dict) else {}
+
+    def validation_gain(self, scale: int) -> float | None:
+        """Mean PSNR gain over ``gsa`` on the record's validation scenes at ``scale`` (dB); None if not recorded.
+
+        Every shipped network refines the same ``gsa`` estimate on the same held-out scenes, so the
+        gain over it ranks weights trained under different protocols too.
+        """
+        try:
+            val = self.get("validation_metrics") or {}
+            joint = val.get("joint_scale") or {}
+            if joint and int(joint.get("scale", 0)) == scale:
+                val = joint
+            return float(val["model"]["mean"]["psnr"]) - float(val["gsa"]["mean"]["psnr"])
+        except (AttributeError, KeyError, TypeError, ValueError):
+            return None
+
+    def cpu_cost_vs_gsa(self, scale: int) -> float | None:
+        """Measured whole-process CPU cost over gsa's at ``scale`` (benchmarks/bench_process.py --record); at a
+        scale it was not measured at, the largest measured one (the cost is per HR pixel); None if never measured."""
+        try:
+            cost = {str(k): float(v) for k, v in ((self.get("cpu_cost_vs_gsa") or {}).get("ratio") or {}).items()}
+        except (AttributeError, TypeError, ValueError):
+            return None
+        return cost.get(str(scale), max(cost.values()) if cost else None)
+
+    @property
+    def cpu_cost_ratios(self) -> dict[str, float] | None:
+        try:
+            return {str(k): float(v) for k, v in (self.get("cpu_cost_vs_gsa") or {}).get("ratio").items()}
+        except (AttributeError, TypeError, ValueError):
+            return None
 
 
 def sha256_file(path: str | Path) -> str:
@@ -86,7 +173,7 @@ def save_weights(stem: str | Path, state_dict: dict, record: dict[str, Any]) -> 
     return st_path, js_path
 
 
-def read_record(path: str | Path) -> dict[str, Any]:
+def read_record(path: str | Path) -> WeightsRecord:
     """The JSON record for a weights stem, ``.json`` or ``.safetensors`` path."""
     js = Path(path).with_suffix(".json")
     try:
@@ -98,7 +185,7 @@ def read_record(path: str | Path) -> dict[str, Any]:
     missing = [f for f in REQUIRED_FIELDS if f not in rec]
     if missing:
         raise ModelError(f"weights record lacks fields: {', '.join(missing)}", js)
-    return rec
+    return WeightsRecord(rec)
 
 
 def load_weights(path: str | Path, verify: bool = True) -> tuple[dict, dict[str, Any]]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from hsfuse.weights import WeightsRecord
 import torch
 
 from conftest import smooth_cube
@@ -214,7 +216,7 @@ def test_default_model_is_classical_unless_the_srf_is_the_training_one():
         entry, weights, _ = engine.choose_model(lr, msi, 8, nikon, None, TRAIN_PSF, device=None)  # cost not counted
         assert entry.name == "csakd-s" and weights.name == "csakd-s-cave-gauss-x8-anyrgb.safetensors"
         plan = engine.make_plan(lr, msi, FuseConfig(srf=nikon, psf=TRAIN_PSF, device="cpu"))
-        cost = engine.cpu_cost_vs_gsa(registry_record(any_rgb), 8)
+        cost = WeightsRecord.of(registry_record(any_rgb)).cpu_cost_vs_gsa(8)
         if cost is not None and cost > engine.MAX_CPU_COST_VS_GSA:  # on a CPU it is too slow to be the default
             assert plan.model.name == "gsa" and "costs" in plan.model_reason and "csakd-s" in plan.model_reason
         else:
@@ -230,14 +232,14 @@ def test_default_model_is_the_pretrained_one_under_its_protocol(shared_data):
     plan = engine.make_plan(lr, msi, FuseConfig(protocol="cave-gauss-x8"))
     assert plan.model.name != "gsa" and "fit the inputs" in plan.model_reason
     assert plan.device == "cpu"  # this machine; on a GPU the cost limit does not apply
-    chosen = engine.validation_gain(read_record(plan.weights), 8)
-    assert engine.cpu_cost_vs_gsa(read_record(plan.weights), 8) <= engine.MAX_CPU_COST_VS_GSA
+    chosen = WeightsRecord.of(read_record(plan.weights)).validation_gain(8)
+    assert WeightsRecord.of(read_record(plan.weights)).cpu_cost_vs_gsa(8) <= engine.MAX_CPU_COST_VS_GSA
     for entry in registry.list_models():  # no other affordable fitting weights recorded a larger gain over gsa at x8
         if entry.kind == "supervised" and entry.available:
             for path in engine.fitting_weights(entry, lr, msi, 8)[0]:
                 rec = read_record(path)
-                gain = engine.validation_gain(rec, 8)
-                if engine.cpu_cost_vs_gsa(rec, 8) is None or engine.cpu_cost_vs_gsa(rec, 8) <= engine.MAX_CPU_COST_VS_GSA:
+                gain = WeightsRecord.of(rec).validation_gain(8)
+                if WeightsRecord.of(rec).cpu_cost_vs_gsa(8) is None or WeightsRecord.of(rec).cpu_cost_vs_gsa(8) <= engine.MAX_CPU_COST_VS_GSA:
                     assert gain is None or gain <= chosen
     if (registry.weights_dir() / "refine-cave-gauss-x8.json").exists():  # the CPU default of the shipped set
         assert plan.model.name == "refine"
@@ -282,7 +284,7 @@ def test_default_choice_follows_the_recorded_validation_gain(tmp_path, monkeypat
     set_gain(stems["csakd-s"], None)  # a record without validation ranks after any with one
     assert engine.make_plan(lr, msi, cfg).model.name == "mftn"
     for bad in ("garbage", {"model": "x"}, {"joint_scale": {"scale": "x8"}}):  # malformed: "not recorded", no crash
-        assert engine.validation_gain({"validation_metrics": bad}, 8) is None
+        assert WeightsRecord.of({"validation_metrics": bad}).validation_gain(8) is None
     # on a CPU, weights recorded as costing more than MAX_CPU_COST_VS_GSA times gsa are not the default
     shutil.copy(shipped / f"{stems['csakd-s']}.json", tmp_path / f"{stems['csakd-s']}.json")
     set_gain(stems["csakd-s"], 1.2)
@@ -294,8 +296,8 @@ def test_default_choice_follows_the_recorded_validation_gain(tmp_path, monkeypat
     entry, _, _ = engine.choose_model(lr, msi, 8, cfg.srf, None, TRAIN_PSF, device="cuda")
     assert entry.name == "csakd-s"  # on a GPU the cost does not rule it out
     assert engine.make_plan(lr, msi, FuseConfig(srf=cfg.srf, psf=TRAIN_PSF, model="csakd-s")).model.name == "csakd-s"
-    assert engine.cpu_cost_vs_gsa({"cpu_cost_vs_gsa": {"ratio": {"8": 2.0, "32": 4.0}}}, 4) == 4.0  # unmeasured: the worst
-    assert engine.cpu_cost_vs_gsa({"cpu_cost_vs_gsa": "garbage"}, 8) is None
+    assert WeightsRecord.of({"cpu_cost_vs_gsa": {"ratio": {"8": 2.0, "32": 4.0}}}).cpu_cost_vs_gsa(4) == 4.0  # unmeasured: the worst
+    assert WeightsRecord.of({"cpu_cost_vs_gsa": "garbage"}).cpu_cost_vs_gsa(8) is None
 
 
 @pytest.mark.skipif(not registry.get_model("csakd-s").available, reason="no csakd-s weights installed")

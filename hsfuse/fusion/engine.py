@@ -31,6 +31,7 @@ from ..io import create_writer, open_cube
 from ..io.base import CubeSource
 from ..io.memory import ArraySink, ArraySource
 from ..models.registry import ModelEntry, get_model, list_models
+from ..weights import WeightsRecord
 from .base import FusionProblem, Fuser
 from .tiling import Span, mirror_index, ramp, read_mirrored, spans
 
@@ -191,17 +192,16 @@ def check_grids(lr: CubeSource, msi: CubeSource, scale: int) -> list[str]:
     return problems
 
 
-def _record_fits(rec: dict[str, Any], lr: CubeSource, msi: CubeSource, scale: int) -> str | None:
+def _record_fits(rec: WeightsRecord, lr: CubeSource, msi: CubeSource, scale: int) -> str | None:
     """None if a weights record fits the inputs, else the reason it does not."""
-    if scale not in [int(s) for s in rec.get("scales", [])]:
+    if scale not in rec.scales:
         return f"trained for scale(s) {rec.get('scales')}, inputs are x{scale}"
-    if int(rec.get("bands", -1)) != lr.bands:
+    if rec.bands != lr.bands:
         return f"trained for {rec.get('bands')} LR bands, input has {lr.bands}"
-    if rec.get("msi_bands") is not None and int(rec["msi_bands"]) != msi.bands:
-        return f"trained for {rec.get('msi_bands')} MSI bands, input has {msi.bands}"
-    wl = lr.meta.wavelengths
-    if wl is not None and rec.get("wavelengths") is not None:
-        ref = np.asarray(rec["wavelengths"], dtype=float)
+    if rec.msi_bands is not None and rec.msi_bands != msi.bands:
+        return f"trained for {rec.msi_bands} MSI bands, input has {msi.bands}"
+    wl, ref = lr.meta.wavelengths, rec.wavelengths
+    if wl is not None and ref is not None:
         if ref.shape != wl.shape or np.max(np.abs(ref - wl)) > 5.0:
             return "LR wavelengths differ from the training wavelengths by more than 5 nm"
     return None
@@ -231,7 +231,7 @@ def fitting_weights(entry: ModelEntry, lr: CubeSource, msi: CubeSource, scale: i
     return fits, reasons
 
 
-def _srf_mismatch(rec: dict[str, Any], srf: np.ndarray | None, protocol: str | None,
+def _srf_mismatch(rec: WeightsRecord, srf: np.ndarray | None, protocol: str | None,
                   wavelengths: np.ndarray | None, tol_nm: float | None = None) -> str | None:
     """None if the inputs' SRF is the training one (or within the record's ``srf_tolerance_nm``), else why not.
 
@@ -242,18 +242,18 @@ def _srf_mismatch(rec: dict[str, Any], srf: np.ndarray | None, protocol: str | N
     from ..srf import srf_summary
 
     if tol_nm is None:
-        tol_nm = float(rec.get("srf_tolerance_nm", 10.0))
+        tol_nm = rec.srf_tolerance_nm
 
-    if protocol is not None and protocol.lower() == str(rec.get("protocol", "")).lower():
+    if protocol is not None and protocol.lower() == rec.protocol.lower():
         return None
-    trained = rec.get("srf_summary") or {}
+    trained = rec.srf_summary
     if srf is None:
-        return f"the MSI's SRF is unknown (give --protocol {rec.get('protocol')} or --srf to use it)"
+        return f"the MSI's SRF is unknown (give --protocol {rec.protocol} or --srf to use it)"
     gains = np.asarray(srf, dtype=np.float64).sum(1)
     if np.any(np.abs(gains - 1.0) > 0.1):  # trained on MSI = R·Z with rows of R summing to 1 (unit gain)
         return (f"the MSI's gain relative to the LR is {', '.join(f'{g:.3g}' for g in gains[:6])} (the network "
                 "was trained on an MSI in the LR's units, gain 1)")
-    wl = wavelengths if wavelengths is not None else rec.get("wavelengths")
+    wl = wavelengths if wavelengths is not None else rec.wavelengths
     given = srf_summary(srf, wl)
     if given["sha256"] == trained.get("sha256"):
         return None
@@ -266,29 +266,13 @@ def _srf_mismatch(rec: dict[str, Any], srf: np.ndarray | None, protocol: str | N
     return "the MSI's SRF cannot be compared with the training SRF"
 
 
-def validation_gain(rec: dict[str, Any], scale: int) -> float | None:
-    """Mean PSNR gain over ``gsa`` on the record's validation scenes at ``scale`` (dB), None if not recorded.
-
-    Every shipped network refines the same ``gsa`` estimate on the same held-out
-    scenes, so the gain over it ranks weights trained under different protocols too.
-    """
-    try:  # a hand-edited or foreign record must not stop the choice: unreadable means "not recorded"
-        val = rec.get("validation_metrics") or {}
-        joint = val.get("joint_scale") or {}
-        if joint and int(joint.get("scale", 0)) == scale:
-            val = joint
-        return float(val["model"]["mean"]["psnr"]) - float(val["gsa"]["mean"]["psnr"])
-    except (AttributeError, KeyError, TypeError, ValueError):
-        return None
-
-
-def _psf_mismatch(rec: dict[str, Any], psf: Psf | None, protocol: str | None, tol: float = 0.15) -> str | None:
+def _psf_mismatch(rec: WeightsRecord, psf: Psf | None, protocol: str | None, tol: float = 0.15) -> str | None:
     """None if the pair's PSF is the one the weights were trained under, else why not.
 
     A network learns the inverse of one blur and sampling phase: on another it injects detail at the
     wrong places, which the per-scene regression of ``gsa`` does not (measured: issue 19, docs/fusion.md).
     """
-    trained = str(rec.get("protocol") or "")
+    trained = rec.protocol
     if protocol is not None and protocol.lower() == trained.lower():
         return None
     if psf is None or not trained:
@@ -301,9 +285,8 @@ def _psf_mismatch(rec: dict[str, Any], psf: Psf | None, protocol: str | None, to
     except HsfuseError:
         return f"its training PSF ({trained}) cannot be built here to compare"
     if ref.scale != psf.scale:
-        ref_scales = [int(s) for s in rec.get("scales", [])]
         try:
-            ref = ref.rescaled(psf.scale) if psf.scale in ref_scales else ref
+            ref = ref.rescaled(psf.scale) if psf.scale in rec.scales else ref
         except ValueError:
             pass
     d = psf_distance(psf, ref)
@@ -317,20 +300,10 @@ def _psf_mismatch(rec: dict[str, Any], psf: Psf | None, protocol: str | None, to
 MAX_CPU_COST_VS_GSA = 3.0
 
 
-def cpu_cost_vs_gsa(rec: dict[str, Any], scale: int) -> float | None:
-    """The record's measured whole-process CPU cost over gsa's at ``scale`` (benchmarks/bench_process.py --record);
-    at a scale it was not measured at, the largest measured one (the cost is per HR pixel); None if never measured."""
-    try:
-        cost = {str(k): float(v) for k, v in ((rec.get("cpu_cost_vs_gsa") or {}).get("ratio") or {}).items()}
-    except (AttributeError, TypeError, ValueError):
-        return None
-    return cost.get(str(scale), max(cost.values()) if cost else None)
-
-
-def _too_slow(rec: dict[str, Any], scale: int, device: str | None) -> str | None:
+def _too_slow(rec: WeightsRecord, scale: int, device: str | None) -> str | None:
     if device != "cpu":
         return None
-    ratio = cpu_cost_vs_gsa(rec, scale)
+    ratio = rec.cpu_cost_vs_gsa(scale)
     if ratio is None or ratio <= MAX_CPU_COST_VS_GSA:
         return None
     return f"on a CPU it costs {ratio:.1f}x gsa (default limit {MAX_CPU_COST_VS_GSA:g}x; ask for it with --model)"
@@ -352,10 +325,10 @@ def choose_model(lr: CubeSource, msi: CubeSource, scale: int, srf: np.ndarray | 
                 mismatch = _psf_mismatch(rec, psf, protocol) or _srf_mismatch(rec, srf, protocol, lr.meta.wavelengths)
                 too_slow = None if mismatch else _too_slow(rec, scale, device)
                 if too_slow:
-                    slow.append((validation_gain(rec, scale), entry.name, too_slow))
+                    slow.append((rec.validation_gain(scale), entry.name, too_slow))
                     mismatch = too_slow
                 if mismatch is None:
-                    fits.append((validation_gain(rec, scale), entry, path, float(rec.get("srf_tolerance_nm", 10.0))))
+                    fits.append((rec.validation_gain(scale), entry, path, rec.srf_tolerance_nm))
                 else:
                     reasons.append(f"'{entry.name}' ({path.name}) not used: {mismatch}")
     if fits:

@@ -176,9 +176,9 @@ def describe_entry(e: ModelEntry) -> dict[str, Any]:
             installed.append({"file": p.name, "error": err.oneline()})
             continue
         installed.append({
-            "file": p.name, "scales": rec.get("scales"), "protocol": rec.get("protocol"), "bands": rec.get("bands"),
-            "msi_bands": rec.get("msi_bands"), "steps": rec.get("steps"), "validation_metrics": rec.get("validation_metrics"),
-            "cpu_cost_vs_gsa": (rec.get("cpu_cost_vs_gsa") or {}).get("ratio") if isinstance(rec.get("cpu_cost_vs_gsa"), dict) else None,
+            "file": p.name, "scales": rec.scales, "protocol": rec.protocol, "bands": rec.bands,
+            "msi_bands": rec.msi_bands, "steps": rec.get("steps"), "validation_metrics": rec.get("validation_metrics"),
+            "cpu_cost_vs_gsa": rec.cpu_cost_ratios,
         })
     return {
         "name": e.name, "kind": e.kind, "summary": e.summary, "accepts": e.accepts, "paper": e.paper,

@@ -57,8 +57,8 @@ def _weights_for_scale(model: str, scale: int) -> Path:
         if not p.with_suffix(".json").exists():
             continue
         rec = read_record(p)
-        tried.append(f"{stem} (x{','.join(map(str, rec.get('scales', [])))})")
-        if scale in rec.get("scales", []):
+        tried.append(f"{stem} (x{','.join(map(str, rec.scales))})")
+        if scale in rec.scales:
             return p
     have = "; installed: " + ", ".join(tried) if tried else f"; no {model} weights are installed (not yet trained)"
     raise ModelError(f"no {model} weights trained for scale x{scale}{have}", weights_dir())
@@ -74,8 +74,7 @@ def load_checked(weights_path: Path, problem: FusionProblem, build) -> tuple[Any
 
     state, rec = load_weights(weights_path)
     where = Path(weights_path).with_suffix(".json")
-    bands, msi_bands = rec.get("bands"), rec.get("msi_bands")
-    scales = [int(x) for x in rec.get("scales", [])]
+    bands, msi_bands, scales = rec.bands, rec.msi_bands, rec.scales
     if bands is not None and problem.lr_bands != int(bands):
         raise ModelError(f"weights were trained for {bands} hyperspectral bands, the LR cube has {problem.lr_bands}", where)
     if msi_bands is not None and problem.msi_bands != int(msi_bands):
