@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 
 from ..errors import InputError, UsageError
+from . import options
 from .common import emit_json, err, guard, out
 
 
@@ -47,15 +48,15 @@ def degrade(
     hr: Path = typer.Argument(..., help="High-resolution cube (any hsfuse format, or a folder of band images)."),
     output: Path = typer.Option(..., "-o", "--output", help="LR-HSI output file (.tif, .hdr, ...)."),
     msi: Optional[Path] = typer.Option(None, "--msi", help="HR-MSI output file (needs an SRF: --srf or a protocol)."),
-    protocol: Optional[str] = typer.Option(None, "--protocol", "-p",
+    protocol: Optional[str] = options.protocol_option(
                                            help="Preset: cave-mhf-x32, cave-gauss-x4/x8/x16, wald-gauss (see --list)."),
     scale: Optional[str] = typer.Option(None, "--scale", "-s", help="Integer scale factor s (LR pixel = s×s HR pixels)."),
-    psf: str = typer.Option("gaussian", "--psf", help="gaussian | box | kernel FILE (.npy, .csv, .mat[:VAR])."),
-    sigma: Optional[float] = typer.Option(None, "--sigma", help="Gaussian σ in HR pixels (default: FWHM = s, σ = s/2.3548)."),
-    form: str = typer.Option("conv", "--form", help="block (non-overlapping s×s blocks, kernel of size s) | conv (convolution + decimation)."),
+    psf: str = options.psf_option(default="gaussian", help="gaussian | box | kernel FILE (.npy, .csv, .mat[:VAR])."),
+    sigma: Optional[float] = options.sigma_option(help="Gaussian σ in HR pixels (default: FWHM = s, σ = s/2.3548)."),
+    form: str = options.form_option(help="block (non-overlapping s×s blocks, kernel of size s) | conv (convolution + decimation)."),
     pad: Optional[int] = typer.Option(None, "--pad", help="conv form: kernel offset p, LR\\[i] uses Z\\[s·i − p + a] (default (k − s)//2: centred)."),
     border: str = typer.Option("reflect", "--border", help="Outside-image rule for conv: reflect | edge | wrap | zero."),
-    srf: Optional[str] = typer.Option(None, "--srf", help="Built-in name (see --list) or FILE (.csv table, .npy / .mat[:VAR] matrix)."),
+    srf: Optional[str] = options.srf_option(help="Built-in name (see --list) or FILE (.csv table, .npy / .mat[:VAR] matrix)."),
     srf_file: Optional[Path] = typer.Option(None, "--srf-file", help="MHF-Net response_coefficient.mat for the cave-* protocols "
                                             "(default: $HSFUSE_MHF_RESPONSE or ../shared/data/srf/nikon_d700_mhfnet/)."),
     snr_hsi: Optional[float] = typer.Option(None, "--snr-hsi", help="Add Gaussian noise to the LR-HSI at this SNR (dB) per band."),
@@ -63,9 +64,9 @@ def degrade(
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for the noise."),
     in_format: Optional[str] = typer.Option(None, "--format", help="Input format override (envi, tiff, mat, bands)."),
     var: Optional[str] = typer.Option(None, "--var", help="Variable of a .mat input holding several arrays."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON summary object on stdout."),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="No notes on stderr."),
+    overwrite: bool = options.overwrite_flag(help="Replace existing outputs."),
+    json_out: bool = options.json_flag(help="Print one JSON summary object on stdout."),
+    quiet: bool = options.quiet_flag(help="No notes on stderr."),
     list_: Optional[bool] = typer.Option(None, "--list", callback=_list_callback, is_eager=True,
                                          help="List protocols and built-in SRFs, then exit."),
 ) -> None:

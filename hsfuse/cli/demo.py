@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from . import options
 from .common import emit_json, err, guard, out
 
 
@@ -13,12 +14,12 @@ def demo(
     out_dir: Path = typer.Option(Path("demo_out"), "--out-dir", help="Where the demo files go."),
     size: int = typer.Option(256, "--size", help="Side of the synthetic HR scene (a multiple of the scale)."),
     scale: int = typer.Option(8, "--scale", help="Resolution ratio between MSI and LR."),
-    srf: str = typer.Option("nikon-5100", "--srf", help="Camera response used to make the RGB (a built-in SRF name)."),
+    srf: str = options.srf_option(default="nikon-5100", help="Camera response used to make the RGB (a built-in SRF name)."),
     model: str = typer.Option(None, "--model", help="Model to demonstrate (default: what `fuse` would pick)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic scene."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace files of an earlier demo."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="No messages."),
+    overwrite: bool = options.overwrite_flag(help="Replace files of an earlier demo."),
+    json_out: bool = options.json_flag(help="Print one JSON object on stdout."),
+    quiet: bool = options.quiet_flag(help="No messages."),
 ) -> None:
     """Generate a synthetic 31-band scene, degrade it, fuse it back and score the result.
 

@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 
 from ..errors import OutputError, UsageError
+from . import options
 from .common import emit_json, err, guard, out
 
 
@@ -19,7 +20,7 @@ def estimate(
     lr: Path = typer.Argument(..., help="LR hyperspectral cube.", show_default=False),
     msi: Path = typer.Argument(..., help="HR multispectral image (same scene, an integer times finer grid).", show_default=False),
     scale: Optional[int] = typer.Option(None, "--scale", "-s", help="Resolution ratio (default: inferred from the grids)."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    json_out: bool = options.json_flag(help="Print one JSON object on stdout."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the estimate as JSON (usable as fuse --psf/--srf)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG with the kernel and the SRF curves."),
     method: str = typer.Option("auto", "--method", help="auto: the estimate `hsfuse fuse` makes (presets recognised, "
@@ -32,8 +33,8 @@ def estimate(
     no_normalise: bool = typer.Option(False, "--no-normalise", help="Keep the SRF rows' gain instead of rows summing to 1 + gain."),
     lr_var: Optional[str] = typer.Option(None, "--lr-var", help="Variable of a .mat LR input."),
     msi_var: Optional[str] = typer.Option(None, "--msi-var", help="Variable of a .mat MSI input."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing -o / --plot files."),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="No messages (errors still go to stderr)."),
+    overwrite: bool = options.overwrite_flag(help="Replace existing -o / --plot files."),
+    quiet: bool = options.quiet_flag(help="No messages (errors still go to stderr)."),
 ) -> None:
     """Estimate the spatial PSF (kernel, width, sampling phase) and the spectral response (SRF) from the pair.
 

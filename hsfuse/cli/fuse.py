@@ -10,6 +10,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import HsfuseError, InputError, OutputError, UsageError
+from . import options
 from .common import emit_json, err, guard, show_progress
 
 
@@ -129,11 +130,11 @@ def fuse(
     inputs: List[Path] = typer.Argument(None, help="LR MSI (one pair with -o; several pairs with --out-dir).", show_default=False),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output file; its extension picks the format."),
     model: Optional[str] = typer.Option(None, "-m", "--model", help="Model name (see `hsfuse models`); default: the best that fits."),
-    protocol: Optional[str] = typer.Option(None, "--protocol", help="Degradation preset giving PSF and SRF (see docs/protocols.md)."),
-    psf: Optional[str] = typer.Option(None, "--psf", help="PSF: gaussian, box, or a kernel file (.npy, .csv, .mat:VAR)."),
-    sigma: Optional[float] = typer.Option(None, "--sigma", help="Gaussian PSF sigma in HR pixels (default FWHM = scale)."),
-    psf_form: str = typer.Option("conv", "--form", help="PSF sampling form: block | conv."),
-    srf: Optional[str] = typer.Option(None, "--srf", help="MSI spectral response (built-in name or file); estimated from the pair when absent."),
+    protocol: Optional[str] = options.protocol_option(short=False, help="Degradation preset giving PSF and SRF (see docs/protocols.md)."),
+    psf: Optional[str] = options.psf_option(help="PSF: gaussian, box, or a kernel file (.npy, .csv, .mat:VAR)."),
+    sigma: Optional[float] = options.sigma_option(help="Gaussian PSF sigma in HR pixels (default FWHM = scale)."),
+    psf_form: str = options.form_option(help="PSF sampling form: block | conv."),
+    srf: Optional[str] = options.srf_option(help="MSI spectral response (built-in name or file); estimated from the pair when absent."),
     estimate: str = typer.Option("auto", "--estimate", help="What is not given of PSF/SRF: auto (estimate per pair), "
                                  "once (estimate on the first pair, reuse for the batch), off (assume a Gaussian PSF, FWHM = scale)."),
     save_estimate: Optional[Path] = typer.Option(None, "--save-estimate", help="Write the estimated PSF/SRF as JSON "
@@ -160,13 +161,13 @@ def fuse(
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="CSV with columns lr,msi[,output] (paths relative to the CSV)."),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Output folder for several pairs."),
     keep_going: bool = typer.Option(False, "--keep-going", help="With several pairs, go on after a failed pair."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+    overwrite: bool = options.overwrite_flag(help="Replace existing outputs."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Resolve inputs, model, tiles and device; print the plan; compute nothing."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout: {pairs, ok, failed, total} "
+    json_out: bool = options.json_flag(help="Print one JSON object on stdout: {pairs, ok, failed, total} "
                                   "(with one pair, its fields at the top level too)."),
     jsonl: bool = typer.Option(False, "--jsonl", help="Print one JSON line per pair as each finishes (for xargs, "
                                "parallel, jq -c)."),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress or messages (errors still go to stderr)."),
+    quiet: bool = options.quiet_flag(help="No progress or messages (errors still go to stderr)."),
 ) -> None:
     """Fuse an LR hyperspectral cube with an HR multispectral image into an HR hyperspectral cube.
 

@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 import typer
 
+from . import options
 from .common import emit_json, guard, out
 
 
@@ -62,7 +63,7 @@ def info(
     path: Path = typer.Argument(..., help="Cube file (.hdr/.img, .tif, .mat) or folder of band images.", show_default=False),
     fmt: Optional[str] = typer.Option(None, "--format", help="Format (envi, tiff, mat, bands) instead of guessing from the extension."),
     var: Optional[str] = typer.Option(None, "--var", help="MAT files: the variable holding the cube."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+    json_out: bool = options.json_flag(help="Print one JSON object instead of a table."),
 ) -> None:
     """Describe a cube: shape, dtype, wavelengths, value range, NaN/nodata, georeferencing.
 

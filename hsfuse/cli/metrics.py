@@ -11,6 +11,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import InputError, OutputError, UsageError
+from . import options
 from .common import emit_json, err, guard, out
 from .degrade import parse_scale
 
@@ -24,25 +25,25 @@ def metrics(
     peak: str = typer.Option("auto", "--peak", help="Data range for PSNR/SSIM: auto | band-max | a number (e.g. 1, 65535)."),
     crop: int = typer.Option(0, "--crop", help="Drop N pixels at every border before computing."),
     per_band: bool = typer.Option(False, "--per-band", help="Also print the per-band table."),
-    protocol: Optional[str] = typer.Option(None, "--protocol", "-p",
+    protocol: Optional[str] = options.protocol_option(
                                            help="Read uint16 inputs as the protocol does (/65535) and take s from it."),
     no_ssim: bool = typer.Option(False, "--no-ssim", help="Skip SSIM and UIQI (the slow metrics)."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object (numbers + conventions) on stdout."),
+    json_out: bool = options.json_flag(help="Print one JSON object (numbers + conventions) on stdout."),
     csv: Optional[Path] = typer.Option(None, "--csv", help="Write per-band numbers + summary + conventions as CSV ('-' = stdout)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG report: per-band PSNR/SSIM curves, SAM and error maps."),
     lr: Optional[Path] = typer.Option(None, "--lr", help="No-reference mode: the LR-HSI the fusion started from."),
     msi: Optional[Path] = typer.Option(None, "--msi", help="No-reference mode: the HR-MSI the fusion started from."),
-    psf: Optional[str] = typer.Option(None, "--psf", help="No-reference: gaussian | box | FILE (default: estimate a Gaussian σ)."),
-    sigma: Optional[float] = typer.Option(None, "--sigma", help="No-reference: Gaussian σ in HR pixels (implies --psf gaussian)."),
-    form: str = typer.Option("conv", "--form", help="No-reference: block | conv."),
+    psf: Optional[str] = options.psf_option(help="No-reference: gaussian | box | FILE (default: estimate a Gaussian σ)."),
+    sigma: Optional[float] = options.sigma_option(help="No-reference: Gaussian σ in HR pixels (implies --psf gaussian)."),
+    form: str = options.form_option(help="No-reference: block | conv."),
     border: str = typer.Option("reflect", "--border", help="No-reference: reflect | edge | wrap | zero."),
-    srf: Optional[str] = typer.Option(None, "--srf", help="No-reference: SRF name or file (default: estimate by NNLS of MSI_lr on LR)."),
+    srf: Optional[str] = options.srf_option(help="No-reference: SRF name or file (default: estimate by NNLS of MSI_lr on LR)."),
     ref_var: Optional[str] = typer.Option(None, "--ref-var", help="Variable of a .mat REFERENCE (or FUSED) input."),
     est_var: Optional[str] = typer.Option(None, "--est-var", help="Variable of a .mat ESTIMATE input."),
     lr_var: Optional[str] = typer.Option(None, "--lr-var", help="No-reference: variable of a .mat --lr input."),
     msi_var: Optional[str] = typer.Option(None, "--msi-var", help="No-reference: variable of a .mat --msi input."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing --csv / --plot files."),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="No notes on stderr."),
+    overwrite: bool = options.overwrite_flag(help="Replace existing --csv / --plot files."),
+    quiet: bool = options.quiet_flag(help="No notes on stderr."),
 ) -> None:
     """Quality metrics of a fused cube.
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import typer
 
+from . import options
 from .common import emit_json, guard, out
 
 
 def models(
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    json_out: bool = options.json_flag(help="Print one JSON object on stdout."),
 ) -> None:
     """List the fusion models, their kind, what inputs they accept and which trained weights are installed.
 

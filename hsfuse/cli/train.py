@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 
+from . import options
 from .common import emit_json, err, guard, show_progress
 
 
@@ -54,8 +55,8 @@ def train(
     export: Optional[str] = typer.Option(None, "--export", help="Write weights/NAME.safetensors + .json after training."),
     export_always: bool = typer.Option(False, "--export-always", help="Export even if the model does not beat its GSA prior."),
     notes: Optional[str] = typer.Option(None, help="Free text added to the record's notes."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object with the result on stdout."),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar or log lines."),
+    json_out: bool = options.json_flag(help="Print one JSON object with the result on stdout."),
+    quiet: bool = options.quiet_flag(help="No progress bar or log lines."),
 ) -> None:
     """Train a fusion network (CSAKD student by default, refining the GSA estimate) and optionally export it.
 
