@@ -172,6 +172,26 @@ def test_export_load_fuse_roundtrip(tmp_path, synth):
         CSAKDFuser(FusionProblem(scale=8, lr_bands=8, msi_bands=3, options={"weights": str(stem)}))
 
 
+def test_keep_best_exports_the_best_validation(tmp_path, synth):
+    """keep_best: the exported weights are those of the best validation, and the record says which step."""
+    from hsfuse.weights import load_weights
+
+    scenes, fm = synth
+    stem = tmp_path / "w" / "best"
+    # a learning rate far too high: the first validation (step 3) is the best, later ones are worse
+    cfg = tiny(tmp_path, export=str(stem), export_if_better=False, steps=12, val_every=3, lr=0.06, warmup=0,
+               keep_best=True)
+    res = train(cfg, scenes=scenes[:2], val_scenes=scenes[2:], fm=fm)
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    state, rec = load_weights(stem)
+    assert all(torch.equal(state[k], best["model"][k].float()) for k in state)
+    val = rec["validation_metrics"]
+    assert abs(val["model"]["mean"]["psnr"] - best["psnr"]) < 1e-6
+    history = json.loads((tmp_path / "run" / "log.json").read_text())["history"]
+    assert best["step"] == 3 and best["psnr"] == max(h["model"]["psnr"] for h in history) > history[-1]["model"]["psnr"]
+    assert val["selected_step"] == 3 and "step 3 of 12" in rec["notes"] and rec["steps"] == 12
+
+
 def test_export_skipped_when_not_better_than_gsa(tmp_path, synth):
     from hsfuse.models.csakd import build_csakd
     from hsfuse.train.export import export_run

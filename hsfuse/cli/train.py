@@ -54,6 +54,7 @@ def train(
     time_limit: Optional[float] = typer.Option(None, help="Stop (with a checkpoint) after this many minutes in this invocation."),
     export: Optional[str] = typer.Option(None, "--export", help="Write weights/NAME.safetensors + .json after training."),
     export_always: bool = typer.Option(False, "--export-always", help="Export even if the model does not beat its GSA prior."),
+    keep_best: bool = typer.Option(False, "--keep-best", help="Export the weights of the best validation (early stopping), not the last step's."),
     notes: Optional[str] = typer.Option(None, help="Free text added to the record's notes."),
     json_out: bool = options.json_flag(help="Print one JSON object with the result on stdout."),
     quiet: bool = options.quiet_flag(help="No progress bar or log lines."),
@@ -85,7 +86,7 @@ def train(
             batch=batch, patch=patch, patch_schedule=_schedule(patch_schedule), lr=lr, weight_decay=weight_decay, warmup=warmup, clip=clip, seed=seed,
             device=device, threads=threads, out_dir=out_dir, checkpoint_every=checkpoint_every, val_every=val_every,
             val_tile=val_tile, resume=resume or None, stop_after=stop_after, time_limit_min=time_limit, export=export, export_if_better=False if export_always else None,
-            notes=notes,
+            keep_best=keep_best or None, notes=notes,
         )
         cfg = TrainConfig.resolve(config, over)
         log = None if quiet else (lambda m: err.print(m, soft_wrap=True))

@@ -80,6 +80,7 @@ class TrainConfig:
     time_limit_min: float = 0.0  # stop (with a checkpoint) after this many minutes in this invocation
     export: str = ""  # weights stem (e.g. weights/csakd-s-cave-gauss-x8); written after training
     export_if_better: bool = True  # export only if validation PSNR beats the GSA prior
+    keep_best: bool = False  # export the weights of the validation with the best PSNR, not the last step's
     notes: str = ""
 
     def __post_init__(self) -> None:

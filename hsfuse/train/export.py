@@ -53,6 +53,9 @@ def build_record(cfg: TrainConfig, net, fm, result, train_scenes: Sequence, val_
     if cfg.init_weights:
         notes.append(f"Fine-tuned from {Path(cfg.init_weights).name} (see previous_training); the steps and seconds "
                      "above are this fine-tuning run only.")
+    if val.get("selected_step") is not None:
+        notes.append(f"Weights of step {val['selected_step']} of {result.steps}: the validation with the best PSNR "
+                     "(keep_best, early stopping on the validation scenes); validation_metrics are that step's.")
     if cfg.notes:
         notes.append(cfg.notes)
     previous = None

@@ -384,6 +384,20 @@ def train(cfg: TrainConfig, progress: bool = False, scenes: Sequence | None = No
 
     baselines = None
     last_val: list = [None, {}]  # (step, result)
+    best_path = out_dir / "best.pt"
+    if not cfg.resume and best_path.exists() and dist_info.main:
+        best_path.unlink()  # a fresh run in an old folder: that run's best is not this one's
+
+    def keep_if_best(res: dict[str, Any]) -> None:
+        """Early stopping on the validation split: keep the weights of the best validation so far (a file, so a
+        resumed run still knows it)."""
+        psnr = float(res["model"]["mean"]["psnr"])
+        if best_path.exists() and torch.load(best_path, map_location="cpu", weights_only=True)["psnr"] >= psnr:
+            return
+        state = {k: v.detach().float().cpu().clone() for k, v in bundle.net.state_dict().items()}
+        tmp = best_path.with_name(best_path.name + ".tmp")
+        torch.save({"step": step, "psnr": psnr, "model": state}, tmp)
+        os.replace(tmp, best_path)
 
     def run_validation() -> dict[str, Any]:
         nonlocal baselines
@@ -476,6 +490,8 @@ def train(cfg: TrainConfig, progress: bool = False, scenes: Sequence | None = No
                     history.append({"step": step, "wall_s": elapsed()[0], **{k: res[k]["mean"] for k in res if k not in ("conventions", "joint_scale")}})
                     say(f"step {step}: val PSNR model {res['model']['mean']['psnr']:.3f}"
                         + (f" gsa {res['gsa']['mean']['psnr']:.3f}" if "gsa" in res else ""))
+                    if cfg.keep_best:
+                        keep_if_best(res)
                 _barrier(dist_info)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 save_checkpoint()
@@ -488,6 +504,16 @@ def train(cfg: TrainConfig, progress: bool = False, scenes: Sequence | None = No
     final_val: dict[str, Any] = {}
     if dist_info.main and val_scenes and stopped != "stop_after":
         final_val = run_validation()
+        if cfg.keep_best:
+            keep_if_best(final_val)
+            best = torch.load(best_path, map_location="cpu", weights_only=True)
+            if best["step"] != step:  # an earlier validation was better: export those weights, validated again
+                bundle.net.load_state_dict(best["model"])
+                say(f"keeping the weights of step {best['step']} (validation PSNR {best['psnr']:.3f} dB; "
+                    f"step {step}: {final_val['model']['mean']['psnr']:.3f})")
+                last_val[0] = None
+                final_val = run_validation()
+                final_val["selected_step"] = int(best["step"])
     wall, cpu = elapsed()
     result = TrainResult(step, str(out_dir), wall, cpu, device, dist_info.world, losses[-1] if losses else float("nan"),
                          list(losses), final_val, checkpoint=str(ckpt_path))
