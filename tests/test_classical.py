@@ -267,6 +267,28 @@ def test_upsample_puts_lr_samples_at_their_phase(offset):
     assert np.abs(err).max() < 0.4  # the ripple of a = −0.75 on a slope of 1 per HR pixel
 
 
+@pytest.mark.parametrize("offset", [(-3.5, -3.5), (0.089, -1.25)])
+def test_bilinear_puts_lr_samples_at_their_phase(offset):
+    """LR consistency's ratio upsampling: a ramp sampled at s·i + (s−1)/2 + offset comes back exactly inside the
+    sampled span; offset 0 is torch's bilinear."""
+    import torch
+
+    from hsfuse.models.common import bilinear
+
+    s, n = 8, 6
+    dy, dx = offset
+    i = torch.arange(n, dtype=torch.float64)
+    lr = (0.3 * (s * i + (s - 1) / 2 + dy))[:, None] + (0.7 * (s * i + (s - 1) / 2 + dx))[None, :]
+    up = bilinear(lr[None, None], s, offset)[0, 0]
+    y = torch.arange(n * s, dtype=torch.float64)
+    want = 0.3 * y[:, None] + 0.7 * y[None, :]
+    inside = lambda d: slice(int(np.ceil((s - 1) / 2 + d)), int(np.floor(s * (n - 1) + (s - 1) / 2 + d)) + 1)  # noqa: E731
+    torch.testing.assert_close(up[inside(dy), inside(dx)], want[inside(dy), inside(dx)], atol=1e-9, rtol=0)
+    x = torch.rand(2, 3, 5, 4, dtype=torch.float64)
+    torch.testing.assert_close(bilinear(x, 4), torch.nn.functional.interpolate(x, scale_factor=4, mode="bilinear",
+                                                                               align_corners=False))
+
+
 def test_upsample_offset_zero_is_torch_bicubic():
     import torch
 

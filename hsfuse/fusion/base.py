@@ -44,6 +44,10 @@ class Fuser:
     #: set by the engine before each ``fuse_tile``: HR (row, col) of the tile input's top-left
     #: corner in the scene (negative inside the mirrored border)
     tile_origin: tuple[int, int] = (0, 0)
+    #: set by the engine before each ``fuse_tile``: LR pixels of context the tile input actually has on its
+    #: (top, bottom, left, right); ``halo_lr`` on every side except where tiles stop at the scene border
+    #: (PSFs whose LR samples sit off the block centres); None: ``halo_lr`` on every side
+    tile_halo: tuple[int, int, int, int] | None = None
 
     def __init__(self, problem: FusionProblem, device: str = "cpu", precision: str = "fp32"):
         self.problem = problem

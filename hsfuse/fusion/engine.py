@@ -207,10 +207,19 @@ def _record_fits(rec: WeightsRecord, lr: CubeSource, msi: CubeSource, scale: int
     return None
 
 
-def select_weights(entry: ModelEntry, lr: CubeSource, msi: CubeSource, scale: int) -> tuple[Path | None, str]:
-    """Pick the installed weights of ``entry`` that fit; (None, reasons) if none does."""
+def select_weights(entry: ModelEntry, lr: CubeSource, msi: CubeSource, scale: int, psf: Psf | None = None,
+                   protocol: str | None = None, srf: np.ndarray | None = None) -> tuple[Path | None, str]:
+    """Pick the installed weights of ``entry`` that fit; (None, reasons) if none does. Among several that fit the
+    bands and scale, the first trained under the pair's PSF and SRF (e.g. refine's Dian-protocol weights for a
+    Dian-protocol pair), else the first."""
+    from ..weights import read_record
+
     fits, reasons = fitting_weights(entry, lr, msi, scale)
     if fits:
+        for path in fits:
+            rec = read_record(path)
+            if not (_psf_mismatch(rec, psf, protocol) or _srf_mismatch(rec, srf, protocol, lr.meta.wavelengths)):
+                return path, f"weights {path.name} fit the inputs and their forward model"
         return fits[0], f"weights {fits[0].name} fit the inputs"
     if not entry.weights or not reasons and not entry.installed_weights():
         return None, f"no trained weights for '{entry.name}' are installed in {entry.installed_weights() and '' or 'weights/'}"
@@ -381,7 +390,7 @@ def make_plan(lr: CubeSource, msi: CubeSource, cfg: FuseConfig, notify: Callable
                                  weights.with_suffix(".json"))
             reason = f"chosen with --model, weights given with -O weights={cfg.options['weights']}"
         elif entry.needs_weights:
-            weights, why = select_weights(entry, lr, msi, scale)
+            weights, why = select_weights(entry, lr, msi, scale, psf, fm.protocol, srf)
             if weights is None:
                 raise ModelError(f"model '{entry.name}' cannot take these inputs: {why}", lr.path)
         if weights is not None and notify:  # asked for by name: allowed, but not silently off its training
@@ -614,6 +623,7 @@ def stream_tiles(plan: FusePlan, fuser: Fuser, prep: _Prepared, msi: CubeSource,
                 # where the tile input starts in the (mirror-extended) HR scene: methods with
                 # position-keyed state (e.g. diffusion noise) use it to stay tile-invariant
                 fuser.tile_origin = ((R.e0 - top) * s, (Cs.e0 - left) * s)
+                fuser.tile_halo = (top, bottom, left, right)
                 pred = np.asarray(fuser.fuse_tile(lr_in, msi_in), dtype=np.float32)
                 expect = (C, (R.e1 - R.e0 + top + bottom) * s, (Cs.e1 - Cs.e0 + left + right) * s)
                 if pred.shape != expect:

@@ -686,6 +686,7 @@ def fuse_arrays(method_cls: type[Fuser] | Fuser, lr: np.ndarray, msi: np.ndarray
     ok = np.isfinite(lr).all(0) & np.isfinite(msi_lr).all(0)
     m.fit(np.where(ok, lr, np.nan).astype(np.float32), np.where(ok, msi_lr, np.nan).astype(np.float32))
     hl = 0 if any(sampling_phase(psf)) else int(m.halo_lr)
+    m.tile_origin, m.tile_halo = (-hl * s, -hl * s), (hl, hl, hl, hl)
     lrp = np.pad(lr, ((0, 0), (hl, hl), (hl, hl)), mode="symmetric")
     msip = np.pad(msi, ((0, 0), (hl * s, hl * s), (hl * s, hl * s)), mode="symmetric")
     out = m.fuse_tile(lrp, msip)

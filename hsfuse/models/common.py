@@ -35,6 +35,29 @@ def upsample(x: torch.Tensor, s: int, offset: tuple[float, float] = (0.0, 0.0)) 
     return _cubic_along(_cubic_along(x, s, dy, -2), s, dx, -1)
 
 
+def bilinear(x: torch.Tensor, s: int, offset: tuple[float, float] = (0.0, 0.0)) -> torch.Tensor:
+    """Bilinear ×s of (N, C, h, w) with LR centre i ↔ HR ``s·i + (s − 1)/2 + offset``, edges clamped
+    (offset 0 is torch's ``interpolate(mode='bilinear', align_corners=False)``)."""
+    dy, dx = offset
+    if not (dy or dx):
+        return torch.nn.functional.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
+    return _linear_along(_linear_along(x, s, dy, -2), s, dx, -1)
+
+
+def _linear_along(x: torch.Tensor, s: int, offset: float, dim: int) -> torch.Tensor:
+    n = x.shape[dim]
+    pos = ((torch.arange(n * s, dtype=torch.float64, device=x.device) - (s - 1) / 2.0 - float(offset)) / s).clamp(min=0)
+    i0 = torch.floor(pos)
+    t = (pos - i0).to(x.dtype)
+    i0 = i0.long().clamp(max=n - 1)
+    shape = [1] * x.dim()
+    shape[dim] = n * s
+    t = t.reshape(shape)
+    a = torch.index_select(x, dim, i0)
+    b = torch.index_select(x, dim, (i0 + 1).clamp(max=n - 1))
+    return a + (b - a) * t
+
+
 def _keys(t: torch.Tensor, a: float = -0.75) -> list[torch.Tensor]:
     """Keys cubic weights of the taps at −1, 0, 1, 2 for fractional positions t in [0, 1)."""
     def near(d):

@@ -4,7 +4,8 @@ A trained network maps (LR-HSI, MSI) to an HR cube from what its training
 scenes taught it; on a scene whose spectra none of them had it gets the
 low-frequency spectrum of whole regions wrong, and the LR-HSI it was given says
 so: ``degrade(Ẑ) ≠ LR``. This step scales each band of Ẑ by the ratio
-``LR / degrade(Ẑ)``, bilinearly upsampled (LR pixel centre i ↔ HR s·i + (s−1)/2),
+``LR / degrade(Ẑ)``, bilinearly upsampled (LR pixel centre i ↔ HR s·i + (s−1)/2 + the PSF's sampling
+phase, ``degrade.sampling_phase``),
 twice. A ratio keeps the network's spatial detail and its band-to-band shape
 within an LR pixel and takes the region's spectrum from the measurement, which
 the network's output only approximates — a per-scene adaptive step.
@@ -39,13 +40,16 @@ def match_lr(y, lr, psf: Psf, iterations: int = ITERATIONS):
     """
     import torch
 
+    from ..degrade import sampling_phase
     from .classical import degrade_t
+    from .common import bilinear
 
+    phase = sampling_phase(psf)
     lo, hi = RATIO_RANGE
     lr = lr.to(y.dtype)
     for _ in range(iterations):
         low = torch.stack([degrade_t(a, psf) for a in y])
         ok = (low > 1e-8) & (lr > 0)
         ratio = torch.where(ok, lr / torch.where(ok, low, torch.ones_like(low)), torch.ones_like(low)).clamp(lo, hi)
-        y = y * torch.nn.functional.interpolate(ratio, size=y.shape[-2:], mode="bilinear", align_corners=False)
+        y = y * bilinear(ratio, psf.scale, phase)[..., :y.shape[-2], :y.shape[-1]]
     return y

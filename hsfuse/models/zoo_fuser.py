@@ -169,15 +169,20 @@ class NetworkFuser(Fuser):
         msi = np.nan_to_num(np.asarray(msi, np.float32))
         prior = None
         s, full = self.problem.scale, lr.shape[1:]
-        cut = 0  # LR pixels of the input only the prior needed: the network does not run on them
+        # LR pixels of the input only the prior needed, per side (top, bottom, left, right): the network does not
+        # run on them. A side with less context than halo_lr (a tile stopping at the scene border) has less to cut.
+        sides = self.tile_halo if self.tile_halo is not None else (self.halo_lr,) * 4
+        cut = (0, 0, 0, 0)
         if self.prior_fuser is not None:
             prior = np.asarray(self.prior_fuser.fuse_tile(lr, msi), np.float32)
-            cut = max(0, min(self.halo_lr - self.net_need, (min(full) - 1) // 2))
-            if cut:  # the prior is exact only inside its own halo, and the network needs no more than net_need
-                lr, msi, prior = lr[:, cut:-cut, cut:-cut], msi[:, cut * s:-cut * s, cut * s:-cut * s], \
-                    prior[:, cut * s:-cut * s, cut * s:-cut * s]
+            cut = tuple(max(0, min(int(v) - self.net_need, (n - 1) // 2))
+                        for v, n in zip(sides, (full[0], full[0], full[1], full[1])))
+            if any(cut):  # the prior is exact only inside its own halo, and the network needs no more than net_need
+                t, b, l, r = cut
+                lr = lr[:, t:full[0] - b, l:full[1] - r]
+                msi, prior = (a[:, t * s:(full[0] - b) * s, l * s:(full[1] - r) * s] for a in (msi, prior))
         h, w = lr.shape[1:]
-        origin = [int(v) + cut * s for v in self.tile_origin]
+        origin = [int(self.tile_origin[0]) + cut[0] * s, int(self.tile_origin[1]) + cut[2] * s]
         ky, kx = ((v // s) % self.align for v in origin) if self.align > 1 else (0, 0)
         ey, ex = (-(ky + h)) % self.align, (-(kx + w)) % self.align
         if ky or kx or ey or ex:  # the tile on whole blocks of the scene's grid (mirrored rows/cols in the halo)
@@ -196,8 +201,9 @@ class NetworkFuser(Fuser):
             with torch.no_grad():
                 y = match_lr(y.float(), lr_t, self.problem.psf)
         y = y[0, :, ky * s:(ky + h) * s, kx * s:(kx + w) * s].float().cpu().numpy()
-        if cut:  # back to the input's extent; the engine keeps only the centre, which the network computed
-            y = np.pad(y, ((0, 0), (cut * s, cut * s), (cut * s, cut * s)), mode="edge")
+        if any(cut):  # back to the input's extent; the engine keeps only the centre, which the network computed
+            t, b, l, r = cut
+            y = np.pad(y, ((0, 0), (t * s, b * s), (l * s, r * s)), mode="edge")
         return y
 
     def describe(self) -> dict[str, Any]:
