@@ -19,6 +19,7 @@ from hsfuse.io import write_cube
 from hsfuse.io.memory import ArraySource
 from hsfuse.protocols import get_protocol
 from hsfuse.srf import load_srf
+from hsfuse.weights import WeightsRecord, read_record
 
 runner = CliRunner()
 
@@ -226,8 +227,9 @@ def _mhf_available() -> bool:
 
 @pytest.mark.skipif(not _mhf_available(), reason="MHF-Net response file (../shared) not available")
 def test_network_choice_follows_the_estimate():
-    """A pair that follows cave-gauss-x8 gets the network `--protocol cave-gauss-x8` would get; a pair with
-    another PSF (dian-gauss-x8) falls back to gsa and says why."""
+    """A pair that follows a preset some network was trained under (cave-gauss-x8, dian-gauss-x8) gets the
+    weights `--protocol NAME` would get, trained under that preset; a pair with a PSF no network was trained
+    under falls back to gsa and says why."""
     z = np.concatenate([synthetic_scene(128, seed=s) for s in (1, 2)], 2)[:, :, :128]
     for name in ("cave-gauss-x8", "dian-gauss-x8"):
         psf, srf = get_protocol(name).build()
@@ -237,10 +239,12 @@ def test_network_choice_follows_the_estimate():
         named = make_plan(*src(), FuseConfig(protocol=name))
         assert blind.forward.protocol == name and blind.forward.exact
         assert blind.model.name == named.model.name and blind.weights == named.weights
-        if name == "dian-gauss-x8":
-            assert blind.model.name == "gsa" and "PSF differs" in blind.model_reason
-        elif named.model.name != "gsa":
-            assert blind.weights is not None
+        if named.model.name != "gsa":
+            assert blind.weights is not None and WeightsRecord.of(read_record(blind.weights)).protocol == name
+    psf = Psf.block(gaussian_kernel(8, 0.8))  # far narrower than any training PSF at x8
+    lr, msi = _pair(z, psf, srf)
+    blind = make_plan(ArraySource(lr, CubeMeta(wavelengths=WAVELENGTHS)), ArraySource(msi), FuseConfig())
+    assert blind.model.name == "gsa" and "PSF differs" in blind.model_reason
 
 
 def test_noise_is_estimated_and_noisy_inputs_are_denoised(scene, rgb):

@@ -15,9 +15,10 @@ from hsfuse.fusion.engine import FuseConfig, fuse_arrays  # noqa: E402
 from hsfuse.models import diffusion as D  # noqa: E402
 from hsfuse.models import registry  # noqa: E402
 from hsfuse.models.hsrdiff import (  # noqa: E402
-    CDFormer, HSRDiffFuser, build_cdformer, build_from_record, count_parameters,
+    CDFormer, HSRDiffFuser, build_cdformer, count_parameters,
 )
 from hsfuse.weights import save_weights  # noqa: E402
+from hsfuse.models.architectures import build_network as build_from_record  # noqa: E402
 
 TINY = dict(bands=5, msi_bands=3, width=8, depth=2, heads=2, window=3, ffn_expansion=1.5, emb_dim=16)
 
@@ -59,7 +60,7 @@ def test_parameter_count_and_record_round_trip():
     again = build_from_record("hsrdiff-cdformer", net.config)
     assert count_parameters(again) == count_parameters(net)
     with pytest.raises(ValueError, match="architecture"):
-        build_from_record("csakd-student", net.config)
+        build_from_record("hsrdiff-nonesuch", net.config)
 
 
 def test_residual_space_diffusion_maps_back_and_starts_at_the_base():
