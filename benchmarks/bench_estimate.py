@@ -34,10 +34,11 @@ VAL = ("fake_and_real_peppers", "oil_painting", "stuffed_toys")
 BEGIN, END = "<!-- bench_estimate:begin -->", "<!-- bench_estimate:end -->"
 
 from hsfuse.cube import CubeMeta  # noqa: E402
-from hsfuse.degrade import Psf, add_noise, gaussian_kernel, spatial_degrade  # noqa: E402
+from hsfuse.forward.psf import Psf, gaussian_kernel  # noqa: E402
+from hsfuse.forward.degrade import add_noise, spatial_degrade
 from hsfuse.fusion.engine import FuseConfig, run  # noqa: E402
 from hsfuse.io.memory import ArraySink, ArraySource  # noqa: E402
-from hsfuse.protocols import get_protocol  # noqa: E402
+from hsfuse.forward.protocols import get_protocol  # noqa: E402
 
 
 def read_cave(scene: str) -> np.ndarray:
@@ -101,7 +102,7 @@ def cases(quick: bool):
     for snr in (40.0, 30.0):
         yield (f"cave-gauss-x8, {snr:g} dB SNR", [(s, "cave") for s in scenes], get_protocol("cave-gauss-x8").build_psf(),
                r, cave_wl, snr, "cave-gauss-x8")
-    from hsfuse.srf import load_srf
+    from hsfuse.forward.srf import load_srf
 
     for label, loader, srf_name, sig in (("Houston CASI + Sentinel-2 B2-B8A, ×4", houston, "sentinel2", 1.9),
                                          ("Paris Hyperion + Landsat-8 OLI, ×4", paris, "landsat-oli", 1.5)):

@@ -45,7 +45,7 @@ def _rgb_srf(wl: np.ndarray) -> np.ndarray:
 def make_scene_files(folder: Path, size: int) -> tuple[Path, Path]:
     """Write lr.hdr (×8, block Gaussian σ=2) and msi.tif for a size×size synthetic scene, tile by tile."""
     from hsfuse.cube import CubeMeta, Window
-    from hsfuse.degrade import Psf, gaussian_kernel
+    from hsfuse.forward.psf import Psf, gaussian_kernel
     from hsfuse.demo import WAVELENGTHS, synthetic_scene
     from hsfuse.io import create_writer
 
@@ -110,11 +110,11 @@ def speed_table(sizes: list[int], repeats: int, methods: list[str], tile: int) -
 
 def evaluate(shared: Path, scene: str, protocol: str, method: str) -> dict:
     """Degrade one CAVE scene with ``protocol`` exactly as `hsfuse degrade` does, fuse, score."""
-    from hsfuse.degrade import degrade_cube
+    from hsfuse.forward.degrade import degrade_cube
     from hsfuse.fusion.engine import FuseConfig, fuse_arrays
     from hsfuse.io import open_cube
     from hsfuse.metrics import compute_metrics
-    from hsfuse.protocols import get_protocol, read_protocol_input
+    from hsfuse.forward.protocols import get_protocol, read_protocol_input
 
     proto = get_protocol(protocol)
     with open_cube(shared / "cave" / f"{scene}_ms") as src:

@@ -138,12 +138,12 @@ def cost_table(repeats: int, weights: dict) -> list[dict]:
 def evaluate(shared: Path, scene: str, protocol: str, method: str, options: dict | None = None,
              srf_name: str | None = None) -> dict:
     """Degrade one CAVE scene with ``protocol`` (optionally another camera's SRF), fuse through the engine, score."""
-    from hsfuse.degrade import degrade_cube
+    from hsfuse.forward.degrade import degrade_cube
     from hsfuse.fusion.engine import FuseConfig, fuse_arrays
     from hsfuse.io import open_cube
     from hsfuse.metrics import compute_metrics
-    from hsfuse.protocols import get_protocol, read_protocol_input
-    from hsfuse.srf import load_srf
+    from hsfuse.forward.protocols import get_protocol, read_protocol_input
+    from hsfuse.forward.srf import load_srf
 
     base, _, at = protocol.partition("@x")  # "cave-gauss-x8@x4": the protocol's PSF binned to x4 (Psf.rescaled)
     proto = get_protocol(base)
@@ -247,11 +247,12 @@ def demo_table(weights: dict, size: int = 512, seeds: tuple[int, ...] = (0, 1)) 
     No third-party data: the scene is generated (``synthetic_scene``), degraded with the cave-gauss
     form (8×8 Gaussian block, σ = 2) and the Nikon 5100 RGB curve (the README demo's camera).
     """
-    from hsfuse.degrade import Psf, degrade_cube, gaussian_kernel
+    from hsfuse.forward.psf import Psf, gaussian_kernel
+    from hsfuse.forward.degrade import degrade_cube
     from hsfuse.demo import WAVELENGTHS, synthetic_scene
     from hsfuse.fusion.engine import FuseConfig, fuse_arrays
     from hsfuse.metrics import compute_metrics
-    from hsfuse.srf import load_srf
+    from hsfuse.forward.srf import load_srf
 
     psf = Psf.block(gaussian_kernel(8, 2.0))
     srf = load_srf("nikon-5100", WAVELENGTHS, len(WAVELENGTHS)).matrix

@@ -113,7 +113,7 @@ def prepare(tmp: Path, protocol: str, scenes=VAL) -> list[tuple[str, Path, Path,
 
 def measure(protocol: str, models: list[str], repeats: int, tmp: Path, scenes=VAL) -> list[dict]:
     pairs = prepare(tmp, protocol, scenes)
-    from hsfuse.protocols import get_protocol
+    from hsfuse.forward.protocols import get_protocol
 
     scale = get_protocol(protocol).scale
     rows = {m: {"model": m, "protocol": protocol, "runs": {}, "psnr": [], "sam": [], "ssim": [], "ergas": [],
@@ -156,7 +156,7 @@ def measure(protocol: str, models: list[str], repeats: int, tmp: Path, scenes=VA
 
 def record_costs(tables: dict[str, list[dict]], scenes=VAL, repeats: int = 3) -> None:
     """Merge each network's measured ratio into ``cpu_cost_vs_gsa`` of the weights record it ran with."""
-    from hsfuse.protocols import get_protocol
+    from hsfuse.forward.protocols import get_protocol
 
     for protocol, rows in tables.items():
         scale = str(get_protocol(protocol).scale)
@@ -228,7 +228,7 @@ def main() -> None:
     tables = {}
     with tempfile.TemporaryDirectory(prefix="hsfuse-bench-") as tmp:
         for protocol in a.protocols.split(","):
-            from hsfuse.protocols import get_protocol
+            from hsfuse.forward.protocols import get_protocol
 
             scale = get_protocol(protocol).scale
             nets = [m for m in a.models.split(",") if m] or shipped_networks(scale)

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared" / "data"
 
-from hsfuse.degrade import Psf, gaussian_kernel  # noqa: E402
+from hsfuse.forward.psf import Psf, gaussian_kernel  # noqa: E402
 from hsfuse.fusion.base import FusionProblem  # noqa: E402
 from hsfuse.models.classical import fuse_arrays  # noqa: E402
 from hsfuse.models.registry import classical_fusers  # noqa: E402

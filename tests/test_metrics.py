@@ -156,7 +156,8 @@ def test_uiqi_sliding_and_blocks_against_brute_force(pair):
 
 def test_qnr_properties():
     truth = smooth_cube(5, 64, 64, seed=4).astype(np.float64)
-    from hsfuse.degrade import Psf, apply_srf, spatial_degrade
+    from hsfuse.forward.psf import Psf
+    from hsfuse.forward.degrade import apply_srf, spatial_degrade
 
     psf = Psf.gaussian(4)
     r = np.random.default_rng(0).uniform(0, 1, (3, 5))

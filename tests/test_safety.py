@@ -1,8 +1,8 @@
 """The fault corpus: bad, corrupt and hostile inputs, a full disk, bad paths.
 
 Every case asserts the exit code, a one-line message naming the file, no traceback, nothing left behind
-and no input changed (docs/safety.md). Crafted checkpoints: tests/test_train.py; outputs onto inputs and
-colliding batch outputs: tests/test_cli_fuse.py.
+and no input changed (docs/safety.md). Crafted checkpoints: tests/train/test_train.py; outputs onto inputs and
+colliding batch outputs: tests/cli/test_cli_fuse.py.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from conftest import smooth_cube
 from hsfuse.cli import app
 from hsfuse.cube import CubeMeta
-from hsfuse.degrade import Psf
+from hsfuse.forward.psf import Psf
 from hsfuse.io import write_cube
 
 runner = CliRunner()

@@ -1,7 +1,7 @@
 """`hsfuse degrade`: simulate an LR-HSI / HR-MSI pair from a high-resolution cube.
 
-The library does the work (``hsfuse.degrade``, ``hsfuse.srf``,
-``hsfuse.protocols``); this module parses options, reads, writes and reports.
+The library does the work (``hsfuse.forward.degrade``, ``hsfuse.forward.srf``,
+``hsfuse.forward.protocols``); this module parses options, reads, writes and reports.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ def parse_scale(value: Optional[str], option: str = "--scale") -> Optional[int]:
 def _list_callback(value: bool) -> None:
     if not value:
         return
-    from ..protocols import PROTOCOLS
-    from ..srf import builtin_srfs
+    from ..forward.protocols import PROTOCOLS
+    from ..forward.srf import builtin_srfs
 
     out.print("[bold]Protocols[/] (docs/protocols.md)")
     for p in PROTOCOLS.values():
@@ -98,9 +98,10 @@ def _run(hr, output, msi_path, protocol, scale_s, psf_kind, sigma, form, pad, bo
     import numpy as np
 
     from .. import io as hio
-    from ..degrade import add_noise, apply_srf, crop_to_multiple, describe_psf, lr_phase_offset, make_psf, spatial_degrade
-    from ..protocols import get_protocol, read_protocol_input
-    from ..srf import load_srf, srf_from_matrix
+    from ..forward.degrade import add_noise, apply_srf, crop_to_multiple, spatial_degrade
+    from ..forward.psf import describe_psf, lr_phase_offset, make_psf
+    from ..forward.protocols import get_protocol, read_protocol_input
+    from ..forward.srf import load_srf, srf_from_matrix
 
     scale = parse_scale(scale_s)
     for name, v in (("--snr-hsi", snr_hsi), ("--snr-msi", snr_msi)):

@@ -35,13 +35,14 @@ def demo(
         import time
 
         from ..cube import CubeMeta
-        from ..degrade import Psf, degrade_cube, gaussian_kernel
+        from ..forward.psf import Psf, gaussian_kernel
+        from ..forward.degrade import degrade_cube
         from ..demo import WAVELENGTHS, synthetic_scene
         from ..errors import HsfuseError, UsageError
         from ..fusion.engine import FuseConfig, fuse_arrays, fuse_files
         from ..io import read_cube, write_cube
         from ..metrics import compute_metrics
-        from ..srf import load_srf
+        from ..forward.srf import load_srf
 
         if scale < 2 or size < 2 * scale or size % scale:
             raise UsageError(f"--size {size} must be a multiple of --scale {scale} (>= 2)")

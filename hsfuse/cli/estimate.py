@@ -1,6 +1,6 @@
 """`hsfuse estimate`: blind PSF + SRF estimation from an LR-HSI / HR-MSI pair.
 
-Library: ``hsfuse.blind.estimate_blind`` / ``save_estimate`` / ``plot_estimate``;
+Library: ``hsfuse.forward.blind.estimate_blind`` / ``save_estimate`` / ``plot_estimate``;
 the method is described in that module's docstring.
 """
 
@@ -51,7 +51,7 @@ def estimate(
     with guard():
         import numpy as np
 
-        from ..blind import estimate_blind, plot_estimate, save_estimate
+        from ..forward.blind import estimate_blind, plot_estimate, save_estimate
         from ..fusion.engine import infer_scale
         from ..io import open_cube
 
@@ -80,7 +80,7 @@ def estimate(
                       markup=False)
         pair = None
         if method == "auto":
-            from ..forward import estimate_pair
+            from ..forward.estimate import estimate_pair
 
             pair = estimate_pair(lr_data, msi_data, s)
             est = pair.to_blind()

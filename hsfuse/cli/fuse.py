@@ -308,7 +308,7 @@ def _set_threads(n: int) -> None:
 
 def _save_estimate(path: Path, est, lr_path: Path, msi_path: Path, overwrite: bool) -> None:
     """The estimate as the JSON `hsfuse estimate -o` writes (``--psf F --srf F`` read it back), atomically."""
-    from ..blind import save_estimate as write_json
+    from ..forward.blind import save_estimate as write_json
 
     if path.exists() and not overwrite:
         raise OutputError("exists (use --overwrite)", path)

@@ -111,7 +111,7 @@ _VARS: dict[str, str | None] = {}
 def _read(path: Path, rule: str, what: str):
     """(data float32 (C,H,W), meta, stored dtype, how read)."""
     from .. import io as hio
-    from ..protocols import read_protocol_input
+    from ..forward.protocols import read_protocol_input
 
     var = _VARS.get(what)
     with hio.open_cube(path, **({"var": var} if var else {})) as src:
@@ -133,7 +133,7 @@ def _with_reference(ref_path, est_path, scale_s, peak_s, crop, per_band, protoco
     import numpy as np
 
     from ..metrics import auto_peak, compute_metrics
-    from ..protocols import get_protocol
+    from ..forward.protocols import get_protocol
 
     peak = _parse_peak(peak_s)
     scale = parse_scale(scale_s)
@@ -224,7 +224,7 @@ def _render(rep, per_band: bool, meta) -> None:
     c = rep.conventions
     notes = {
         "psnr": f"mean of per-band PSNR; peak {c['peak_values'] if c['peak'] == 'band-max' else c['peak']} ({c.get('peak_rule', '')})",
-        "ssim": f"Gaussian σ=1.5 window, data_range=peak" if rep.summary["ssim"] is not None else "skipped",
+        "ssim": "Gaussian σ=1.5 window, data_range=peak" if rep.summary["ssim"] is not None else "skipped",
         "sam": f"degrees; {c['sam_zero_norm_excluded']} zero-spectrum pixels excluded",
         "ergas": f"100/s·sqrt(mean MSE_b/μ_b²), s={c['ergas_scale']:g}" if c["ergas_scale"] else "needs --scale",
         "rmse": "over all bands and valid pixels",
@@ -357,11 +357,11 @@ def _plot(path: Path, rep, meta, title: str, ref=None, est=None, crop: int = 0) 
 
 def _no_reference(files, lr_path, msi_path, scale_s, peak_s, psf_kind, sigma, form, border, srf_spec, protocol,
                   json_out, csv, quiet):
-    import numpy as np
 
-    from ..degrade import apply_srf, crop_to_multiple, describe_psf, make_psf, spatial_degrade
+    from ..forward.degrade import apply_srf, crop_to_multiple, spatial_degrade
+    from ..forward.psf import describe_psf, make_psf
     from ..metrics import auto_peak, compute_metrics, qnr
-    from ..srf import load_srf
+    from ..forward.srf import load_srf
 
     if lr_path is None or msi_path is None:
         raise UsageError("the no-reference mode needs both --lr and --msi")
@@ -372,7 +372,7 @@ def _no_reference(files, lr_path, msi_path, scale_s, peak_s, psf_kind, sigma, fo
     fused_path = files[0]
     rule = "none"
     if protocol is not None:
-        from ..protocols import get_protocol
+        from ..forward.protocols import get_protocol
 
         rule = get_protocol(protocol).input_scaling
     peak = _parse_peak(peak_s)
@@ -410,7 +410,7 @@ def _no_reference(files, lr_path, msi_path, scale_s, peak_s, psf_kind, sigma, fo
         psf = make_psf(psf_kind, s, sigma=sigma, form=form, border=border)
         notes["psf"] = f"given: {psf.name}"
     if psf is None or srf_mat is None:  # the same estimate `hsfuse fuse` makes with no flags
-        from ..forward import estimate_pair
+        from ..forward.estimate import estimate_pair
 
         est = estimate_pair(lr, msi, s, psf=psf, srf=srf_mat)
         if psf is None:

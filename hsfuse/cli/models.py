@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import typer
 
 from . import options
 from .common import emit_json, guard, out

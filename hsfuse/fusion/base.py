@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..degrade import Psf
+from ..forward.psf import Psf
 
 
 @dataclass

@@ -18,14 +18,15 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from ..cube import CubeMeta, GeoRef, Window
-from ..degrade import Psf, sampling_phase, spatial_degrade
+from ..forward.psf import Psf, sampling_phase
+from ..forward.degrade import spatial_degrade
 from ..errors import HsfuseError, InputError, ModelError, UsageError
 from ..io import create_writer, open_cube
 from ..io.base import CubeSource
@@ -248,7 +249,7 @@ def _srf_mismatch(rec: WeightsRecord, srf: np.ndarray | None, protocol: str | No
     classical regression, which adapts to each scene, is the safer default. A network
     trained with SRF augmentation records the wider tolerance it was validated for.
     """
-    from ..srf import srf_summary
+    from ..forward.srf import srf_summary
 
     if tol_nm is None:
         tol_nm = rec.srf_tolerance_nm
@@ -286,8 +287,8 @@ def _psf_mismatch(rec: WeightsRecord, psf: Psf | None, protocol: str | None, tol
         return None
     if psf is None or not trained:
         return None if psf is None else "its training PSF is not recorded"
-    from ..forward import psf_distance
-    from ..protocols import get_protocol
+    from ..forward.psf import psf_distance
+    from ..forward.protocols import get_protocol
 
     try:
         ref = get_protocol(trained).build_psf(psf.scale if get_protocol(trained).scale is None else None)
@@ -364,7 +365,7 @@ def choose_model(lr: CubeSource, msi: CubeSource, scale: int, srf: np.ndarray | 
 
 
 def make_plan(lr: CubeSource, msi: CubeSource, cfg: FuseConfig, notify: Callable[[str], None] | None = None) -> FusePlan:
-    from ..forward import resolve_forward_model
+    from ..forward.model import resolve_forward_model
 
     named = get_model(cfg.model) if cfg.model is not None else None  # a typo is a usage error, found first
     scale = infer_scale(lr, msi)

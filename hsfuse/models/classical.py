@@ -17,7 +17,7 @@ Methods (see docs/models/classical.md for derivations and measured quality):
 
 Sampling convention: LR pixel i is centred on HR coordinate s·i + (s−1)/2,
 which is ``torch.nn.functional.interpolate(..., align_corners=False)`` and the
-centred PSFs of hsfuse.degrade.
+centred PSFs of hsfuse.forward.degrade.
 
 Example::
 
@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from ..degrade import Psf, sampling_phase, spatial_degrade
+from ..forward.psf import Psf, sampling_phase
+from ..forward.degrade import spatial_degrade
 from ..errors import InputError, UsageError
 from ..fusion.base import Fuser, FusionProblem
 
@@ -57,8 +58,8 @@ def _dtype(precision: str):
 
 
 def degrade_t(x, psf: Psf):
-    """``hsfuse.degrade.spatial_degrade_t`` (the one torch degradation), kept under its old name here."""
-    from ..degrade import spatial_degrade_t
+    """``hsfuse.forward.degrade.spatial_degrade_t`` (the one torch degradation), kept under its old name here."""
+    from ..forward.degrade import spatial_degrade_t
 
     return spatial_degrade_t(x, psf)
 
@@ -162,7 +163,7 @@ class _ClassicalBase(Fuser):
 
 def _regress(lr: np.ndarray, msi_lr: np.ndarray, intercept: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Per HSI band c: LR_c ≈ Σ_m α_cm MSI_lr_m + β_c by least squares over pixels valid in both."""
-    from ..estimate import valid_pixels
+    from ..forward.estimate import valid_pixels
 
     x, y = valid_pixels(msi_lr, lr)  # (m, N), (C, N)
     m, n = x.shape
@@ -374,7 +375,7 @@ class GLPHS(_ClassicalBase):
         lr = np.asarray(lr, dtype=np.float64)
         msi_lr = np.asarray(msi_lr, dtype=np.float64)
         self._store_fill(lr, msi_lr)
-        from ..estimate import valid_pixels
+        from ..forward.estimate import valid_pixels
 
         if self.synth == "regress":
             self.alpha, self.beta = _regress(lr, msi_lr)
@@ -547,7 +548,7 @@ class CNMF(_ClassicalBase):
 
     def fit(self, lr: np.ndarray, msi_lr: np.ndarray) -> None:
         torch = _torch()
-        from ..estimate import estimate_srf, valid_pixels
+        from ..forward.estimate import estimate_srf, valid_pixels
 
         lr = np.asarray(lr, dtype=np.float64)
         msi_lr = np.asarray(msi_lr, dtype=np.float64)

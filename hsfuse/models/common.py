@@ -17,7 +17,7 @@ def autocast(device: str, precision: str):
 def upsample(x: torch.Tensor, s: int, offset: tuple[float, float] = (0.0, 0.0)) -> torch.Tensor:
     """Bicubic ×s of (..., C, h, w); LR centre i ↔ HR ``s·i + (s − 1)/2 + offset`` (rows, cols).
 
-    ``offset`` is the PSF's sampling phase (``hsfuse.degrade.sampling_phase``): a kernel centred on the
+    ``offset`` is the PSF's sampling phase (``hsfuse.forward.psf.sampling_phase``): a kernel centred on the
     first pixel of each block (Dian-group ×8: −3.5) puts the LR samples 3.5 HR pixels before the block
     centres, and interpolating them as if they sat on the centres shifts every upsampled residual by that
     much (measured on held-out CAVE scenes, Dian-group ×8: gsa +0.3 to +1.3 dB, bicubic +3 to +5 dB).

@@ -20,7 +20,7 @@ model (``FusionProblem.psf_exact``: a protocol, or a ``Psf`` the caller passed).
 
 from __future__ import annotations
 
-from ..degrade import Psf
+from ..forward.psf import Psf
 
 #: bilinear passes; the second catches what the first left (measured: more change nothing)
 ITERATIONS = 2
@@ -40,7 +40,7 @@ def match_lr(y, lr, psf: Psf, iterations: int = ITERATIONS):
     """
     import torch
 
-    from ..degrade import sampling_phase
+    from ..forward.psf import sampling_phase
     from .classical import degrade_t
     from .common import bilinear
 

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..degrade import Psf
+from ..forward.psf import Psf
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (B,C,H,W), √γ (B,)) -> x̂0
 NoiseFn = Callable[[int], torch.Tensor]  # key -> N(0, I) tensor of the sample's shape
@@ -145,8 +145,8 @@ DEFAULT_PROGRESSIVE = ((0, 64), (100_000, 96), (200_000, 128))
 
 
 def torch_spatial_degrade(z: torch.Tensor, psf: Psf) -> torch.Tensor:
-    """``hsfuse.degrade.spatial_degrade_t`` (the one torch degradation); sizes must be multiples of the scale."""
-    from ..degrade import spatial_degrade_t
+    """``hsfuse.forward.degrade.spatial_degrade_t`` (the one torch degradation); sizes must be multiples of the scale."""
+    from ..forward.degrade import spatial_degrade_t
 
     h, w = z.shape[-2:]
     if h % psf.scale or w % psf.scale:
@@ -155,7 +155,7 @@ def torch_spatial_degrade(z: torch.Tensor, psf: Psf) -> torch.Tensor:
 
 
 def torch_apply_srf(z: torch.Tensor, srf) -> torch.Tensor:
-    """MSI[m] = Σ_c R[m, c] · Z[c] on (..., C, H, W); ``srf`` an (m, C) array/tensor or ``hsfuse.srf.Srf``."""
+    """MSI[m] = Σ_c R[m, c] · Z[c] on (..., C, H, W); ``srf`` an (m, C) array/tensor or ``hsfuse.forward.srf.Srf``."""
     r = torch.as_tensor(np.asarray(getattr(srf, "matrix", srf)) if not torch.is_tensor(srf) else srf,
                         dtype=z.dtype, device=z.device)
     return torch.einsum("mc,...chw->...mhw", r, z)

@@ -76,7 +76,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..degrade import Psf
+from ..forward.psf import Psf
 from ..errors import ModelError
 from ..fusion.base import Fuser, FusionProblem
 
@@ -87,8 +87,8 @@ __all__ = ["UMSFT", "build_net", "torch_degrade", "torch_upsample"]
 
 
 def torch_degrade(x, psf: Psf):
-    """``hsfuse.degrade.spatial_degrade_t`` on (B, C, H, W) (the one torch degradation; every border rule)."""
-    from ..degrade import spatial_degrade_t
+    """``hsfuse.forward.degrade.spatial_degrade_t`` on (B, C, H, W) (the one torch degradation; every border rule)."""
+    from ..forward.degrade import spatial_degrade_t
 
     return spatial_degrade_t(x, psf)
 
@@ -307,7 +307,7 @@ class UMSFT(Fuser):
     def fit(self, lr: np.ndarray, msi_lr: np.ndarray) -> None:
         import torch
 
-        from ..estimate import estimate_srf, valid_pixels
+        from ..forward.estimate import estimate_srf, valid_pixels
 
         t0 = time.perf_counter()
         lr = np.asarray(lr, dtype=np.float32)
@@ -361,7 +361,7 @@ class UMSFT(Fuser):
         bf = self._make_base(s_tr, psf_tr) if self.base_kind == "gsa" else None
         lr_np, msi_np = lr_in[0].cpu().numpy(), msi_in[0].cpu().numpy()
         if bf is not None:
-            from ..degrade import spatial_degrade
+            from ..forward.degrade import spatial_degrade
 
             try:
                 bf.fit(lr_np, spatial_degrade(msi_np, psf_tr))
@@ -484,7 +484,7 @@ def _dihedral(x, k: int):
 
 
 def _kernel_sigma(kernel: np.ndarray) -> float:
-    from ..blind import fit_gaussian_sigma
+    from ..forward.blind import fit_gaussian_sigma
 
     return fit_gaussian_sigma(kernel)[0]
 

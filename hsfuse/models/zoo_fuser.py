@@ -22,7 +22,6 @@ give it a blending overlap.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from pathlib import Path
 from typing import Any

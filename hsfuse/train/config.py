@@ -42,7 +42,7 @@ class TrainConfig:
     srf_file: str = ""  # custom: .npy/.csv (m x C) or .mat with R (C x m)
     noise_snr: float = 0.0  # dB; > 0 adds Gaussian noise of this SNR to LR and MSI patches
     srf_augment: int = 0  # SRF augmentation: this many random smooth perturbations of the SRFs (0: none)
-    srf_augment_cameras: tuple[str, ...] = ()  # SRF augmentation: shipped response curves (hsfuse.srf names)
+    srf_augment_cameras: tuple[str, ...] = ()  # SRF augmentation: shipped response curves (hsfuse.forward.srf names)
     joint_scale: int = 0  # MulSR: also train on pairs at this second scale factor (its small_scale); 0: off
     spectral_augment: int = 0  # this many re-coloured copies of each training scene (data.spectral_variants)
     srf_tolerance_nm: float = 10.0  # recorded: how far (band centroid/width, nm) an input SRF may be for `fuse` to pick it

@@ -19,20 +19,20 @@ import math
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..degrade import Psf
+from ..forward.psf import Psf
 from ..errors import InputError, UsageError
-from ..forward import ForwardModel
+from ..forward.model import ForwardModel
 
 CUBE_SUFFIXES = (".hdr", ".tif", ".tiff", ".mat", ".npy")
 
 
 def preset_forward_model(name: str) -> ForwardModel:
-    """A named preset of ``hsfuse.protocols`` as the (exact) forward model training simulates."""
-    from ..protocols import get_protocol
+    """A named preset of ``hsfuse.forward.protocols`` as the (exact) forward model training simulates."""
+    from ..forward.protocols import get_protocol
 
     proto = get_protocol(name)
     psf, srf = proto.build()
@@ -136,7 +136,7 @@ def split_scenes(found: dict[str, Path], validation: Sequence[str], train: Seque
 
 def degrade(z: np.ndarray, fm: ForwardModel) -> tuple[np.ndarray, np.ndarray]:
     """(LR, MSI) of a (C, H, W) cube, noise-free."""
-    from ..degrade import degrade_cube
+    from ..forward.degrade import degrade_cube
 
     lr, msi = degrade_cube(z, fm.psf, fm.srf, None, None, 0)
     return np.asarray(lr, np.float32), np.asarray(msi, np.float32)
@@ -211,7 +211,7 @@ def srf_variants(fm: "ForwardModel", bands: int, cameras: Sequence[str], n_rando
     The random ones perturb the protocol's SRF and each camera curve in turn; rows are scaled to the
     protocol SRF's row sums so only the spectral shape changes, not the MSI's gain.
     """
-    from ..srf import load_srf
+    from ..forward.srf import load_srf
 
     wl = fm.wavelengths if fm.wavelengths is not None else np.linspace(400, 700, bands)
     sums = fm.srf.sum(1, keepdims=True)

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..srf import srf_summary
+from ..forward.srf import srf_summary
 
 from .config import TrainConfig
 

@@ -9,7 +9,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from hsfuse.degrade import Psf, apply_srf, gaussian_kernel, make_psf, spatial_degrade  # noqa: E402
+from hsfuse.forward.psf import Psf, gaussian_kernel, make_psf  # noqa: E402
+from hsfuse.forward.degrade import apply_srf, spatial_degrade
 from hsfuse.models import diffusion as D  # noqa: E402
 
 F = torch.nn.functional

@@ -8,7 +8,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conftest import smooth_cube  # noqa: E402
-from hsfuse.degrade import Psf, apply_srf, spatial_degrade  # noqa: E402
+from hsfuse.forward.psf import Psf  # noqa: E402
+from hsfuse.forward.degrade import apply_srf, spatial_degrade
 from hsfuse.errors import ModelError, UsageError  # noqa: E402
 from hsfuse.fusion.base import FusionProblem  # noqa: E402
 from hsfuse.fusion.engine import FuseConfig, fuse_arrays  # noqa: E402

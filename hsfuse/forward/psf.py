@@ -1,17 +1,10 @@
-"""The forward model: how an LR-HSI and an HR-MSI arise from a high-resolution cube Z.
-
-    LR  = decimate_s(Z ⊛ PSF) (+ noise)        MSI = SRF · Z (+ noise)
-
-Spatial degradation has one exact definition for both sampling forms::
+"""What a PSF is: a kernel, an integer scale, a padding and a border rule (``Psf``), the named kernels and
+the phase of the LR grid it implies. ``degrade.py`` applies it; ``estimate.py`` finds it from a pair.
 
     LR[c, i, j] = Σ_{a,b} K[a, b] · Z[c, s·i + a − p, s·j + b − p]
 
-with K the (k × k) kernel, s the integer scale and p the padding (default
-``(k − s) // 2``, which centres the kernel on the s×s block). Indices outside
-the image follow ``border`` ('reflect' = symmetric half-sample mirror,
-'edge', 'wrap', 'zero'). With k = s and p = 0 this is the *block* form of the
-MHF-Net / HSR-Diff CAVE protocol (non-overlapping blocks weighted by K); with a
-larger kernel it is convolution + decimation. See docs/protocols.md.
+With k = s and p = 0 this is the *block* form of the MHF-Net / HSR-Diff CAVE protocol; with a larger
+kernel it is convolution + decimation (docs/protocols.md).
 """
 
 from __future__ import annotations
@@ -45,7 +38,7 @@ def resize_kernel(kind: str, scale: int) -> np.ndarray:
     ``triangle`` (bilinear): 1 − |x|; ``cubic`` (bicubic, Keys a = −0.5): the kernel MATLAB and PIL use,
     negative lobes included. Size 2s / 4s, one more for odd s (zero-weight end taps) so that it centres on
     the s×s block with an integer pad. Equal to torch's antialiased interpolate away from the border
-    (tests/test_degrade.py).
+    (tests/forward/test_degrade.py).
     """
     s = int(scale)
     k = {"triangle": 2 * s, "cubic": 4 * s}[kind]
@@ -121,6 +114,8 @@ class Psf:
 
     def apply(self, z: np.ndarray) -> np.ndarray:
         """Degrade a (C, H, W) array; H and W must be multiples of the scale."""
+        from .degrade import spatial_degrade
+
         return spatial_degrade(z, self)
 
     def rescaled(self, scale: int) -> "Psf":
@@ -145,87 +140,6 @@ class Psf:
         return Psf(kern / kern.sum(), scale, pad=pad // r, border=self.border, name=f"{self.name} binned x{r}")
 
 
-def _pad_mode(border: str) -> tuple[str, dict]:
-    return {
-        "reflect": ("symmetric", {}),
-        "edge": ("edge", {}),
-        "wrap": ("wrap", {}),
-        "zero": ("constant", {"constant_values": 0.0}),
-    }[border]
-
-
-def spatial_degrade(z: np.ndarray, psf: Psf) -> np.ndarray:
-    """LR = decimate(Z ⊛ K) exactly as in the module docstring; float32 out (float64 in -> float64)."""
-    import torch
-
-    z = np.asarray(z)
-    if z.ndim != 3:
-        raise ValueError(f"expected (C, H, W), got {z.shape}")
-    c, h, w = z.shape
-    s, k, p = psf.scale, psf.size, psf.pad
-    if h % s or w % s:
-        raise ValueError(f"image size {h}x{w} is not a multiple of the scale {s}")
-    ho, wo = h // s, w // s
-    # padding needed on each side so that every tap of every output is inside the array
-    before = p
-    after_h = max(s * (ho - 1) + k - p - h, 0)
-    after_w = max(s * (wo - 1) + k - p - w, 0)
-    dtype = np.float64 if z.dtype == np.float64 else np.float32
-    x = z.astype(dtype, copy=False)
-    if before > 0 or after_h > 0 or after_w > 0:
-        mode, kw = _pad_mode(psf.border)
-        x = np.pad(x, ((0, 0), (max(before, 0), after_h), (max(before, 0), after_w)), mode=mode, **kw)
-    off = max(before, 0) - p  # >= 0 (p may be negative: kernel starts inside the block)
-    t = torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(1)  # (C, 1, H', W')
-    ker = torch.from_numpy(psf.kernel.astype(dtype)).view(1, 1, k, k)
-    t = t[:, :, off:, off:]
-    out = torch.nn.functional.conv2d(t, ker, stride=s)[:, 0, :ho, :wo]
-    return out.numpy()
-
-
-def _border_index_t(idx, n: int, border: str):
-    """Indices into [0, n) for ``border`` (as ``_pad_mode``), and a validity mask for 'zero' (torch)."""
-    import torch
-
-    if border == "reflect":  # symmetric half-sample mirror, np.pad(mode='symmetric')
-        m = torch.remainder(idx, 2 * n)
-        return torch.where(m < n, m, 2 * n - 1 - m), None
-    if border == "edge":
-        return idx.clamp(0, n - 1), None
-    if border == "wrap":
-        return torch.remainder(idx, n), None
-    if border == "zero":
-        return idx.clamp(0, n - 1), (idx >= 0) & (idx < n)
-    raise ValueError(f"unknown border {border!r}")
-
-
-def spatial_degrade_t(z, psf: Psf):
-    """The torch twin of ``spatial_degrade`` on (..., C, H, W) tensors: same maths, every border rule,
-    differentiable, any device. The one torch degradation of hsfuse (fusers, consistency, training);
-    ``tests/test_degrade.py`` checks it against the numpy one for every border and phase.
-    H and W that are not multiples of the scale are floor-divided (the trailing pixels are not used).
-    """
-    import torch
-    import torch.nn.functional as F
-
-    *lead, c, h, w = z.shape
-    s, k, p = psf.scale, psf.size, psf.pad
-    ho, wo = h // s, w // s
-    dev = z.device
-    ri, rv = _border_index_t(torch.arange(-p, s * (ho - 1) + k - p, device=dev), h, psf.border)
-    ci, cv = _border_index_t(torch.arange(-p, s * (wo - 1) + k - p, device=dev), w, psf.border)
-    x = z.reshape(-1, 1, h, w).index_select(2, ri).index_select(3, ci)
-    if rv is not None:
-        x = x * (rv[:, None] & cv[None, :]).to(x.dtype)
-    ker = torch.as_tensor(psf.kernel, dtype=z.dtype, device=dev).view(1, 1, k, k)
-    out = F.conv2d(x, ker, stride=s)[:, 0, :ho, :wo]
-    return out.reshape(*lead, c, ho, wo)
-
-
-# ---------------------------------------------------------------------------
-# Building PSFs from user options, cropping, noise, the whole forward model
-# ---------------------------------------------------------------------------
-
 #: FWHM = FWHM_PER_SIGMA · σ for a Gaussian
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 FORMS = ("block", "conv")
@@ -239,7 +153,7 @@ def load_kernel(spec: str) -> np.ndarray:
     """
     from pathlib import Path
 
-    from .errors import InputError
+    from ..errors import InputError
 
     path_s, var = spec, None
     low = spec.lower()
@@ -298,7 +212,7 @@ def make_psf(kind: str, scale: int, *, sigma: float | None = None, form: str = "
     * anything else is a kernel file (see ``load_kernel``); the block form
       requires a kernel of size s.
     """
-    from .errors import UsageError
+    from ..errors import UsageError
 
     if int(scale) != scale or scale < 1:
         raise UsageError(f"--scale must be a positive integer, got {scale}")
@@ -385,68 +299,16 @@ def sampling_phase(psf: Psf) -> tuple[float, float]:
     return out[0], out[1]
 
 
-def crop_to_multiple(z: np.ndarray, scale: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Crop (C, H, W) at the bottom/right to multiples of ``scale``; returns (view, (rows_dropped, cols_dropped)).
-
-    The top-left corner (and thus the georeferencing origin) is kept.
-    """
-    h, w = z.shape[-2:]
-    dh, dw = h % scale, w % scale
-    if dh or dw:
-        z = z[..., : h - dh, : w - dw]
-    return z, (dh, dw)
-
-
-def noise_sigma(x: np.ndarray, snr_db: float) -> np.ndarray:
-    """Per-band noise standard deviation for a given SNR (dB).
-
-    Definition: σ_b² = mean(x_b²) / 10^(SNR/10), the mean over the band's
-    finite pixels (signal *power*, not variance: a constant band has a finite SNR).
-    """
-    x = np.asarray(x, dtype=np.float64)
-    power = np.nanmean((x * x).reshape(x.shape[0], -1), axis=1)
-    return np.sqrt(power / 10.0 ** (float(snr_db) / 10.0))
-
-
-def add_noise(x: np.ndarray, snr_db: float | None, rng: np.random.Generator) -> np.ndarray:
-    """x + zero-mean white Gaussian noise with per-band σ from ``noise_sigma`` (no-op for None)."""
-    if snr_db is None:
-        return x
-    sig = noise_sigma(x, snr_db).astype(x.dtype)
-    return x + rng.standard_normal(x.shape, dtype=np.float64).astype(x.dtype) * sig[:, None, None]
-
-
-def apply_srf(z: np.ndarray, srf) -> np.ndarray:
-    """MSI[m] = Σ_c R[m, c] · Z[c]; ``srf`` is an (m, C) matrix or an ``hsfuse.srf.Srf``."""
-    r = np.asarray(getattr(srf, "matrix", srf), dtype=np.float64)
-    z = np.asarray(z)
-    if r.ndim != 2 or r.shape[1] != z.shape[0]:
-        raise ValueError(f"SRF matrix {r.shape} does not match a cube with {z.shape[0]} bands")
-    dtype = np.float64 if z.dtype == np.float64 else np.float32
-    c, h, w = z.shape
-    out = r.astype(dtype) @ z.astype(dtype, copy=False).reshape(c, h * w)
-    return out.reshape(r.shape[0], h, w)
-
-
-def degrade_cube(z: np.ndarray, psf: Psf, srf, snr_hsi: float | None = None, snr_msi: float | None = None,
-                 seed: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """The whole forward model on an array: ``(lr, msi)`` from a (C, H, W) cube.
-
-    ``lr = spatial_degrade(z, psf) + n_hsi``, ``msi = srf · z + n_msi`` (``srf``
-    an (m, C) matrix or ``Srf``; None gives ``msi = None``). Noise is white
-    Gaussian with per-band σ² = mean(x_b²)/10^(SNR/10) of the noise-free band
-    (``noise_sigma``); one ``numpy.random.default_rng(seed)`` draws the LR noise
-    first, then the MSI noise. H and W must be multiples of ``psf.scale``
-    (see ``crop_to_multiple``). float64 in -> float64 out, else float32.
-
-    >>> lr, msi = degrade_cube(z, Psf.gaussian(8), srf_matrix, snr_hsi=35, seed=0)
-    """
-    z = np.asarray(z)
-    lr = spatial_degrade(z, psf)
-    msi = None if srf is None else apply_srf(z, srf)
-    if snr_hsi is not None or snr_msi is not None:
-        rng = np.random.default_rng(seed)
-        lr = add_noise(lr, snr_hsi, rng)
-        if msi is not None:
-            msi = add_noise(msi, snr_msi, rng)
-    return lr, msi
+def psf_distance(a: Psf, b: Psf) -> float:
+    """Relative L2 distance of two PSFs' kernels placed on the HR grid by their pads (0: the same model)."""
+    if a.scale != b.scale:
+        return float("inf")
+    lo = min(-int(a.pad), -int(b.pad))
+    hi = max(a.size - int(a.pad), b.size - int(b.pad))
+    grid = []
+    for p in (a, b):
+        g = np.zeros((hi - lo, hi - lo))
+        o = -int(p.pad) - lo
+        g[o:o + p.size, o:o + p.size] = p.kernel
+        grid.append(g)
+    return float(np.linalg.norm(grid[0] - grid[1]) / max(np.linalg.norm(grid[1]), 1e-300))

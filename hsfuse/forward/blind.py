@@ -14,7 +14,7 @@ the *LR* is mixed spectrally with the SRF (the MSI already is). The problem is
 bilinear, so we alternate (``estimate_blind``):
 
 1. **SRF given PSF**: ``R ← estimate_srf(LR, degrade(MSI, B))`` (the project's
-   non-negative, optionally smooth least squares; ``hsfuse.estimate``).
+   non-negative, optionally smooth least squares; ``hsfuse.forward.estimate``).
 2. **PSF given SRF**: ``B ← argmin ‖A b − vec(R · LR)‖² + λ‖∇b‖²`` subject to
    ``b ≥ 0, Σb = 1``, with ``A`` the MSI patches seen by each LR pixel: a small
    quadratic programme on a k×k support (k = s + 2r, centred on the s×s block),
@@ -44,7 +44,7 @@ ambiguities and how they are fixed:
 free amplitude around the kernel's centroid), for reporting and for users who
 want ``--psf gaussian --sigma σ``; the full kernel is what gets saved and used.
 
-    >>> from hsfuse.blind import estimate_blind, save_estimate
+    >>> from hsfuse.forward.blind import estimate_blind, save_estimate
     >>> est = estimate_blind(lr, msi)          # (C, h, w), (m, H, W); scale inferred
     >>> est.sigma, est.srf.shape, est.residual
     >>> save_estimate("est.json", est)
@@ -63,8 +63,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .degrade import Psf, gaussian_kernel, spatial_degrade
-from .errors import InputError, UsageError
+from .degrade import spatial_degrade
+from .psf import Psf, gaussian_kernel
+from ..errors import InputError, UsageError
 from .estimate import golden_min
 
 __all__ = [
@@ -327,7 +328,7 @@ def estimate_blind(lr: np.ndarray, msi: np.ndarray, scale: int | None = None, *,
     (SRF, PSF) alternations, stopping early when the relative residual improves
     by less than ``tol``. ``support``: kernel side (default ``default_support``).
     ``psf_smooth``: relative smoothness weight of the kernel; ``srf_smooth``
-    and ``nonneg``: passed to ``hsfuse.estimate.estimate_srf``. ``srf``: a known
+    and ``nonneg``: passed to ``hsfuse.forward.estimate.estimate_srf``. ``srf``: a known
     SRF (m, C) to keep fixed (only the PSF is estimated). ``init_psf``: start of
     the alternation (default: the centred Gaussian whose σ minimises the joint
     residual, found by a 1-D profile search with the SRF re-fitted at each σ). ``normalise``: rows of the returned SRF
@@ -434,7 +435,7 @@ def save_estimate(path: str | Path, est: BlindEstimate, *, lr_wavelengths: np.nd
         "scale": psf.scale,
         "psf": {"kernel": np.asarray(psf.kernel).tolist(), "size": psf.size, "pad": psf.pad, "border": psf.border,
                 "sigma": est.sigma, "centre_offset_hr": list(est.centre_offset),
-                "note": "LR[i,j] = sum_ab K[a,b] HR[s*i+a-pad, s*j+b-pad] (hsfuse.degrade); K sums to 1"},
+                "note": "LR[i,j] = sum_ab K[a,b] HR[s*i+a-pad, s*j+b-pad] (hsfuse.forward.degrade); K sums to 1"},
         "srf": {"matrix": np.asarray(est.srf).tolist(), "normalised": est.gain is not None,
                 "gain": None if est.gain is None else np.asarray(est.gain).tolist(),
                 "effective": est.srf_effective.tolist(),
@@ -448,7 +449,7 @@ def save_estimate(path: str | Path, est: BlindEstimate, *, lr_wavelengths: np.nd
     if extra:
         doc.update(extra)
     text = json.dumps(doc, indent=1, allow_nan=False)
-    from .io.base import atomic_write
+    from ..io.base import atomic_write
 
     atomic_write(path, lambda tmp: tmp.write_text(text))  # a full disk or an interruption leaves nothing
     return path

@@ -7,7 +7,7 @@ import pytest
 import scipy.io
 
 from hsfuse.errors import InputError, UsageError
-from hsfuse.srf import LANDSAT_OLI, SENTINEL2_10M, SENTINEL2_20M, builtin_srfs, load_srf, srf_from_matrix
+from hsfuse.forward.srf import LANDSAT_OLI, SENTINEL2_10M, SENTINEL2_20M, builtin_srfs, load_srf, srf_from_matrix
 
 WL31 = np.arange(400.0, 701.0, 10.0)
 WL_WIDE = np.arange(400.0, 2501.0, 10.0)
@@ -36,7 +36,7 @@ def test_camera_and_cie():
 def test_shipped_tables_equal_colour_science():
     """The CSV tables in hsfuse/data are colour-science's, value for value (so the dependency can go)."""
     colour = pytest.importorskip("colour")
-    from hsfuse.srf import DATA
+    from hsfuse.forward.srf import DATA
 
     for file, m in (("nikon-5100.csv", colour.MSDS_CAMERA_SENSITIVITIES["Nikon 5100 (NPL)"]),
                     ("sigma-sdmerrill.csv", colour.MSDS_CAMERA_SENSITIVITIES["Sigma SDMerill (NPL)"]),

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from conftest import smooth_cube
 from hsfuse.cli import app
 from hsfuse.cube import CubeMeta, GeoRef
-from hsfuse.degrade import Psf
+from hsfuse.forward.psf import Psf
 from hsfuse.io import read_cube, write_cube
 
 runner = CliRunner()
@@ -138,7 +138,7 @@ def test_batch_keep_going_reports_failures(tmp_path):
 
 def test_estimate_then_fuse_with_the_estimate(tmp_path):
     """`hsfuse estimate` writes a JSON that `fuse --psf/--srf` accept; the fused result beats bicubic."""
-    from hsfuse.degrade import degrade_cube, gaussian_kernel
+    from hsfuse.forward.degrade import degrade_cube
     from hsfuse.demo import synthetic_scene
 
     z = synthetic_scene(64, seed=2)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import smooth_cube
-from hsfuse.degrade import Psf, gaussian_kernel, spatial_degrade
+from hsfuse.forward.psf import Psf, gaussian_kernel
+from hsfuse.forward.degrade import spatial_degrade
 from hsfuse.fusion.base import FusionProblem
 from hsfuse.models.classical import CNMF, GLPHS, Bicubic, DetailInjection, degrade_t, fuse_arrays, vca
 from hsfuse.models.registry import classical_fusers
@@ -301,7 +302,7 @@ def test_upsample_offset_zero_is_torch_bicubic():
 
 
 def test_sampling_phase_of_presets_and_shifted_kernels():
-    from hsfuse.degrade import sampling_phase
+    from hsfuse.forward.psf import sampling_phase
 
     assert sampling_phase(_first_pixel_psf()) == (-3.5, -3.5)
     assert sampling_phase(Psf.block(gaussian_kernel(8, 2.0))) == (0.0, 0.0)

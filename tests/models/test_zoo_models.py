@@ -17,8 +17,8 @@ import torch.nn.functional as F  # noqa: E402
 
 from hsfuse.errors import ModelError  # noqa: E402
 from hsfuse.fusion.base import FusionProblem  # noqa: E402
-from hsfuse.models.hyfusion import HyFusion, hyfusion_loss  # noqa: E402
-from hsfuse.models.mftn import MFTN, mftn_loss, modulated_deform_conv2d  # noqa: E402
+from hsfuse.models.hyfusion import hyfusion_loss  # noqa: E402
+from hsfuse.models.mftn import mftn_loss, modulated_deform_conv2d  # noqa: E402
 from hsfuse.models.mulsr import MulSR, SelectOutput, mulsr_loss  # noqa: E402
 from hsfuse.models.architectures import ARCHITECTURES, build_network  # noqa: E402
 from hsfuse.models.zoo_fuser import NetworkFuser  # noqa: E402
@@ -455,7 +455,8 @@ def test_tiled_equals_untiled_with_receptive_halo(arch, scale):
 
 
 def test_match_lr_undoes_a_gain_error_and_keeps_a_consistent_estimate():
-    from hsfuse.degrade import Psf, spatial_degrade
+    from hsfuse.forward.psf import Psf
+    from hsfuse.forward.degrade import spatial_degrade
     from hsfuse.models.consistency import match_lr
 
     rng = np.random.default_rng(0)
@@ -473,7 +474,8 @@ def test_match_lr_undoes_a_gain_error_and_keeps_a_consistent_estimate():
 
 
 def test_lr_consistency_is_on_with_the_exact_psf_and_tiles_exactly(tmp_path):
-    from hsfuse.degrade import Psf, spatial_degrade
+    from hsfuse.forward.psf import Psf
+    from hsfuse.forward.degrade import spatial_degrade
     from hsfuse.fusion.engine import FuseConfig, fuse_arrays
 
     stem = _mulsr_x2_x4_weights(tmp_path)
@@ -496,7 +498,7 @@ def test_lr_consistency_is_on_with_the_exact_psf_and_tiles_exactly(tmp_path):
 
 
 def test_the_engine_calls_a_given_psf_exact_and_an_assumed_one_not():
-    from hsfuse.degrade import Psf
+    from hsfuse.forward.psf import Psf
     from hsfuse.fusion.engine import FuseConfig, build_fuser, make_plan
     from hsfuse.io.memory import ArraySource
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from hsfuse.degrade import Psf, degrade_cube
+from hsfuse.forward.psf import Psf
+from hsfuse.forward.degrade import degrade_cube
 from hsfuse.demo import synthetic_scene
 from hsfuse.errors import InputError, ModelError
 from hsfuse.fusion.base import FusionProblem

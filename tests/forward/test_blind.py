@@ -1,4 +1,4 @@
-"""Blind PSF/SRF estimation (hsfuse.blind) and `hsfuse estimate`."""
+"""Blind PSF/SRF estimation (hsfuse.forward.blind) and `hsfuse estimate`."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from hsfuse.blind import (BlindEstimate, estimate_blind, fit_gaussian_sigma, load_estimate, plot_estimate,
-                          psf_from_json, save_estimate, srf_from_json)
-from hsfuse.degrade import Psf, degrade_cube, gaussian_kernel, spatial_degrade
+from hsfuse.forward.blind import (BlindEstimate, estimate_blind, fit_gaussian_sigma, load_estimate, plot_estimate, psf_from_json, save_estimate, srf_from_json)
+from hsfuse.forward.psf import Psf, gaussian_kernel
+from hsfuse.forward.degrade import degrade_cube, spatial_degrade
 from hsfuse.errors import InputError
 
 WL = np.arange(400.0, 701.0, 10.0)

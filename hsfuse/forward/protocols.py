@@ -12,7 +12,7 @@ run time from ``srf_path`` (``--srf-file``), the environment variable
 relative to the current directory and to the repository (``find_mhf_response``).
 
 >>> psf, srf = PROTOCOLS["cave-gauss-x8"].build()
->>> lr, msi = degrade_cube(hr_chw / 65535.0, psf, srf)      # hsfuse.degrade.degrade_cube
+>>> lr, msi = degrade_cube(hr_chw / 65535.0, psf, srf)      # hsfuse.forward.degrade.degrade_cube
 
     $ hsfuse degrade beads_ms/ --protocol cave-gauss-x8 -o lr.tif --msi msi.tif
 """
@@ -26,12 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .degrade import Psf, box_kernel, gaussian_kernel, make_psf, resize_kernel
-from .errors import InputError, UsageError
+from .psf import Psf, box_kernel, gaussian_kernel, make_psf, resize_kernel
+from ..errors import InputError, UsageError
 
 ENV_MHF = "HSFUSE_MHF_RESPONSE"
 MHF_RELPATH = Path("..") / "shared" / "data" / "srf" / "nikon_d700_mhfnet" / "response_coefficient.mat"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # the checkout (hsfuse/forward/ -> repo root)
 
 
 def find_mhf_response(srf_path: str | Path | None = None) -> Path:
@@ -128,7 +128,7 @@ class Protocol:
                 if srf_path is not None or os.environ.get(ENV_MHF):
                     raise  # a file the user named must be there
                 # the file's C is a normalised Gaussian, sigma 10, centred at (15.5, 15.5) (equal to 3e-18,
-                # checked in tests/test_degrade.py): an installed hsfuse builds it without the file
+                # checked in tests/forward/test_degrade.py): an installed hsfuse builds it without the file
                 return Psf(gaussian_kernel(32, 10.0), s, pad=0, border=self.border,
                            name=f"{self.name}: C as the Gaussian sigma 10 it equals (block {s}×{s})")
         if self.kernel == "hiftool":

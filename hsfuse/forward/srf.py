@@ -42,7 +42,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import InputError, UsageError
+from ..errors import InputError, UsageError
 
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 #: Gaussian bands are evaluated out to ±GAUSS_TRUNC_FWHM · FWHM of the centre (≈ ±3.4σ), zero beyond
@@ -131,7 +131,7 @@ def _gaussian_curves(spec) -> Callable[[], tuple]:
     return build
 
 
-DATA = Path(__file__).resolve().parent / "data"  # small published tables shipped as package data
+DATA = Path(__file__).resolve().parents[1] / "data"  # hsfuse/data/: small published tables shipped as package data
 
 
 def _table(file: str, names: dict[str, str]) -> Callable[[], tuple]:

@@ -1,12 +1,13 @@
-"""hsfuse.estimate: SRF and PSF-width estimation from the data pair."""
+"""hsfuse.forward.estimate: SRF and PSF-width estimation from the data pair."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from hsfuse.degrade import Psf, spatial_degrade
-from hsfuse.estimate import estimate_psf_sigma, estimate_srf
+from hsfuse.forward.psf import Psf
+from hsfuse.forward.degrade import spatial_degrade
+from hsfuse.forward.estimate import estimate_psf_sigma, estimate_srf
 
 from conftest import smooth_cube
 

@@ -10,15 +10,17 @@ from typer.testing import CliRunner
 
 from hsfuse.cli import app
 from hsfuse.cube import CubeMeta
-from hsfuse.degrade import Psf, gaussian_kernel, spatial_degrade
+from hsfuse.forward.psf import Psf, gaussian_kernel
+from hsfuse.forward.degrade import spatial_degrade
 from hsfuse.demo import WAVELENGTHS, synthetic_scene
 from hsfuse.errors import InputError
-from hsfuse.forward import RESIDUAL_FAIL, estimate_pair, psf_distance
+from hsfuse.forward.estimate import RESIDUAL_FAIL, estimate_pair
+from hsfuse.forward.psf import psf_distance
 from hsfuse.fusion.engine import FuseConfig, fuse_arrays, make_plan
 from hsfuse.io import write_cube
 from hsfuse.io.memory import ArraySource
-from hsfuse.protocols import get_protocol
-from hsfuse.srf import load_srf
+from hsfuse.forward.protocols import get_protocol
+from hsfuse.forward.srf import load_srf
 from hsfuse.weights import WeightsRecord, read_record
 
 runner = CliRunner()
@@ -47,7 +49,7 @@ def test_recovers_gaussian_width_phase_and_srf(scene, rgb):
     # conv Gaussian σ = 1.7 whose LR samples sit 1.5 HR px off the block centre (a sampling phase)
     k = 15
     psf = Psf(gaussian_kernel(k, 1.7), 4, pad=(k - 4) // 2 + 1)  # the kernel starts one pixel later: offset -1.5+...
-    true_offset = (k - 4) / 2.0 - psf.pad  # hsfuse.degrade.lr_phase_offset
+    true_offset = (k - 4) / 2.0 - psf.pad  # hsfuse.forward.psf.lr_phase_offset
     srf = rgb * np.array([1.0, 0.8, 1.3])[:, None]  # a gain per band, as between real sensors
     lr, msi = _pair(scene, psf, srf)
     est = estimate_pair(lr, msi, 4, presets=False)
@@ -212,7 +214,7 @@ def test_hiftool_preset_matches_the_published_code_path():
     psf = get_protocol("hiftool-gauss-x32").build_psf()
     assert psf.size == 32 and psf.scale == 32
     assert np.abs(spatial_degrade(z, psf) - ref).max() < 1e-12
-    from hsfuse.degrade import sampling_phase
+    from hsfuse.forward.psf import sampling_phase
 
     assert 0 < sampling_phase(psf)[0] < 0.5  # the peak after the centre, flattened by σ 21
 
@@ -250,7 +252,7 @@ def test_network_choice_follows_the_estimate():
 def test_noise_is_estimated_and_noisy_inputs_are_denoised(scene, rgb):
     """At 30 dB per-band SNR the default denoises both inputs and beats fusing them as they are; a clean pair
     is left alone."""
-    from hsfuse.degrade import add_noise
+    from hsfuse.forward.degrade import add_noise
     from hsfuse.denoise import estimate_noise
 
     z = np.concatenate([synthetic_scene(128, seed=s) for s in (4, 5)], 2)
@@ -298,7 +300,7 @@ def test_resize_degradations_are_recognised(scene, rgb, name):
 
 def test_a_featureless_centre_widens_the_window(rgb):
     """A large scene whose centre is uniform (a lake, a masked area) is still estimated, from a wider window."""
-    from hsfuse.forward import estimate_from_sources
+    from hsfuse.forward.estimate import estimate_from_sources
 
     z = np.concatenate([synthetic_scene(128, seed=s) for s in (6, 7)], 2)
     z = np.concatenate([z, z[:, ::-1]], 1)  # 256 x 256

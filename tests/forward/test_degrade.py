@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import scipy.io
 
-from hsfuse.degrade import (Psf, add_noise, apply_srf, crop_to_multiple, degrade_cube, gaussian_kernel,
-                            load_kernel, lr_phase_offset, make_psf, noise_sigma, spatial_degrade)
+from hsfuse.forward.psf import Psf, gaussian_kernel, load_kernel, lr_phase_offset, make_psf
+from hsfuse.forward.degrade import add_noise, apply_srf, crop_to_multiple, degrade_cube, noise_sigma, spatial_degrade
 from hsfuse.errors import InputError, UsageError
-from hsfuse.protocols import PROTOCOLS, find_mhf_response, get_protocol
+from hsfuse.forward.protocols import PROTOCOLS, find_mhf_response, get_protocol
 
 from conftest import smooth_cube
 
@@ -168,8 +168,8 @@ def test_mhf_lookup_errors(tmp_path, monkeypatch):
 
 def test_mhf_kernel_without_the_file_is_the_gaussian_it_equals(tmp_path, monkeypatch):
     """An installed hsfuse has no ../shared: cave-mhf-x32's PSF is built without the file (its SRF is not)."""
-    import hsfuse.protocols as protocols
-    from hsfuse.degrade import gaussian_kernel
+    import hsfuse.forward.protocols as protocols
+    from hsfuse.forward.psf import gaussian_kernel
 
     monkeypatch.delenv("HSFUSE_MHF_RESPONSE", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -183,8 +183,8 @@ def test_mhf_kernel_without_the_file_is_the_gaussian_it_equals(tmp_path, monkeyp
 
 @pytest.mark.shared
 def test_mhf_file_kernel_is_the_gaussian(shared_data):
-    from hsfuse.degrade import gaussian_kernel
-    from hsfuse.protocols import load_mhf_response
+    from hsfuse.forward.psf import gaussian_kernel
+    from hsfuse.forward.protocols import load_mhf_response
 
     c, _, _ = load_mhf_response()
     assert np.abs(c - gaussian_kernel(32, 10.0)).max() < 1e-15
@@ -215,7 +215,7 @@ def test_cave_protocols_on_real_scene(shared_data):
 def test_psf_rescaled_bins_the_kernel_to_the_smaller_footprint():
     import pytest
 
-    from hsfuse.degrade import Psf, box_kernel, gaussian_kernel
+    from hsfuse.forward.psf import Psf, box_kernel, gaussian_kernel
 
     box = Psf.box(8).rescaled(4)
     np.testing.assert_allclose(box.kernel, box_kernel(4))
@@ -240,7 +240,8 @@ def test_the_torch_degradation_equals_the_numpy_one(border, pad):
     and sampling phase, on batched inputs too."""
     import torch
 
-    from hsfuse.degrade import gaussian_kernel, spatial_degrade, spatial_degrade_t
+    from hsfuse.forward.psf import gaussian_kernel
+    from hsfuse.forward.degrade import spatial_degrade, spatial_degrade_t
 
     rng = np.random.default_rng(1)
     z = rng.random((2, 3, 24, 20))

@@ -24,7 +24,7 @@ from hsfuse.train.config import TrainConfig  # noqa: E402
 from hsfuse.train.data import synthetic_scenes  # noqa: E402
 from hsfuse.train.loop import train  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -353,7 +353,7 @@ def test_unknown_loss_weight_names_the_model():
 
 
 def test_srf_augmentation_variants_and_record(tmp_path, synth):
-    from hsfuse.srf import srf_summary
+    from hsfuse.forward.srf import srf_summary
     from hsfuse.train.data import PatchSampler, perturbed_srf, srf_variants
     from hsfuse.weights import load_weights
 

@@ -8,12 +8,12 @@ import torch
 
 from conftest import smooth_cube
 from hsfuse.cube import CubeMeta
-from hsfuse.degrade import Psf, gaussian_kernel
+from hsfuse.forward.psf import Psf, gaussian_kernel
 from hsfuse.errors import InputError, ModelError, UsageError
 from hsfuse.fusion import engine
 from hsfuse.fusion.base import Fuser
 from hsfuse.fusion.engine import FuseConfig, fuse_arrays, infer_scale
-from hsfuse.fusion.tiling import Span, mirror_index, ramp, spans
+from hsfuse.fusion.tiling import mirror_index, ramp, spans
 from hsfuse.io.memory import ArraySource
 from hsfuse.models import registry
 from hsfuse.weights import WeightsRecord
@@ -199,7 +199,7 @@ def _cave_like_pair():
 
 @pytest.mark.skipif(not registry.get_model("csakd-s").available, reason="no csakd-s weights installed")
 def test_default_model_is_classical_unless_the_srf_is_the_training_one():
-    from hsfuse.srf import load_srf
+    from hsfuse.forward.srf import load_srf
 
     lr, msi, wl = _cave_like_pair()
     # random pixels: nothing to estimate from, so the estimate is off and the PSF given
@@ -270,7 +270,7 @@ def test_default_choice_follows_the_recorded_validation_gain(tmp_path, monkeypat
             rec["validation_metrics"]["model"]["mean"]["psnr"] = rec["validation_metrics"]["gsa"]["mean"]["psnr"] + gain
         (tmp_path / f"{stem}.json").write_text(json.dumps(rec))
 
-    from hsfuse.srf import load_srf
+    from hsfuse.forward.srf import load_srf
 
     lr, msi, wl = _cave_like_pair()
     cfg = FuseConfig(srf=load_srf("nikon-5100", wl, 31).matrix, psf=TRAIN_PSF)
@@ -305,7 +305,7 @@ def test_record_srf_tolerance_widens_the_default_choice(tmp_path, monkeypatch):
     import json
     import shutil
 
-    from hsfuse.srf import load_srf
+    from hsfuse.forward.srf import load_srf
 
     stem = "csakd-s-cave-gauss-x8"
     for ext in (".json", ".safetensors"):
@@ -344,7 +344,7 @@ def test_first_pixel_psf_network_tiles_equal_the_network_on_the_whole_scene(tmp_
     """A gsa-refining network under a first-pixel PSF: tiles that stop at the scene border have less context on
     that side, and the network must not cut the prior's ring where there is none (it did: 20 dB instead of 48
     on a CAVE scene). Tiled = the network run once on the whole unpadded scene with its whole-scene prior."""
-    from hsfuse.degrade import spatial_degrade
+    from hsfuse.forward.degrade import spatial_degrade
     from hsfuse.fusion.base import FusionProblem
     from hsfuse.models.architectures import build_network
     from hsfuse.models.classical import DetailInjection
@@ -389,7 +389,7 @@ def test_first_pixel_psf_tiles_stop_at_the_scene_border():
     """
     from hsfuse.models.classical import DetailInjection
     from hsfuse.fusion.base import FusionProblem
-    from hsfuse.degrade import spatial_degrade
+    from hsfuse.forward.degrade import spatial_degrade
 
     z = smooth_cube(8, 128, 96, 5).astype(np.float64)
     z = z * (1 + 0.05 * np.random.default_rng(5).standard_normal((1, 128, 96)))

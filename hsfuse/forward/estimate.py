@@ -1,10 +1,4 @@
-"""The forward model of one pair, resolved once: from a preset, flags, a file, or the pair itself.
-
-    LR = decimate_s(Z ⊛ PSF)        MSI = diag(gain) · SRF · Z
-
-``ForwardModel`` is what the engine, every fuser and the model choice read.
-``resolve_forward_model`` builds it from the user's options; whatever is not
-given (PSF, SRF or both) is estimated from the pair with ``estimate_pair``.
+"""Estimating the forward model from the pair itself: one home for `fuse`, `metrics` and `estimate`.
 
 Why estimate by default: a wrong PSF or SRF costs far more than any choice of
 method (12–15 dB measured on CAVE and remote-sensing pairs, docs/fusion.md),
@@ -21,7 +15,7 @@ contraction and a projection onto the span of the LR spectra (the SRF never
 has to be solved while searching: the best SRF for a kernel is that
 projection). Candidates, best first:
 
-1. the named presets at this scale (``hsfuse.protocols``): when one explains
+1. the named presets at this scale (``hsfuse.forward.protocols``): when one explains
    the pair as well as the best free fit, it is taken *as the forward model*
    (exact: the pretrained networks and the LR-consistency step then behave as
    if ``--protocol`` had been given);
@@ -34,6 +28,10 @@ The score is the relative residual ‖P⊥ degrade(MSI)‖ / ‖degrade(MSI) −
 where P⊥ removes what a linear combination of the LR bands (plus an offset)
 explains. It is 0 for a noise-free pair under the true PSF, about 1/SNR
 with noise, and near 1 when the MSI is not the LR's scene.
+
+Building blocks also used directly: ``estimate_srf`` (least-squares SRF, rows not forced to sum to 1:
+the MSI may have another gain), ``estimate_psf_sigma`` (Gaussian width given an SRF), ``golden_section``.
+The HySure alternation (``hsfuse estimate --method hysure``) and the estimate JSON live in ``blind.py``.
 """
 
 from __future__ import annotations
@@ -46,10 +44,11 @@ from typing import Any
 
 import numpy as np
 
-from .degrade import Psf, describe_psf, gaussian_kernel
-from .errors import InputError, UsageError
+from ..errors import InputError, UsageError
+from .psf import Psf
 
-__all__ = ["ForwardModel", "PairEstimate", "estimate_pair", "RESIDUAL_POOR", "RESIDUAL_FAIL"]
+__all__ = ["PairEstimate", "estimate_pair", "estimate_from_sources", "estimate_srf", "estimate_psf_sigma",
+           "valid_pixels", "RESIDUAL_POOR", "RESIDUAL_FAIL"]
 
 #: above this relative residual the pair follows the linear model only loosely: a warning
 RESIDUAL_POOR = 0.08
@@ -69,45 +68,162 @@ MAX_FIT_TAPS = 3_000_000
 WINDOW_HR = 640
 
 
-@dataclass
-class ForwardModel:
-    """PSF and SRF of a pair, where each came from, and whether they are the true model (``exact``).
+#: at most this many pixels enter a least-squares fit (a regular subsample beyond)
+MAX_LSQ_PIXELS = 2_000_000
 
-    ``exact``: the PSF is the forward model itself (a preset, a ``Psf`` the caller built, or a preset the
-    estimate recognised), not a guess: steps that only pay with the exact PSF (LR consistency) use it.
-    ``protocol``: the preset whose PSF *and* SRF the pair follows (named, or recognised by the estimate);
-    the pretrained-network choice treats it as if it had been named.
+
+def valid_pixels(*arrays: np.ndarray, max_pixels: int | None = MAX_LSQ_PIXELS) -> list[np.ndarray]:
+    """Pixels finite in every band of every (bands, h, w) array -> list of (bands, N) float64.
+
+    Beyond ``max_pixels`` a regular (deterministic) subsample is taken.
     """
+    h, w = arrays[0].shape[-2:]
+    for a in arrays:
+        if a.shape[-2:] != (h, w):
+            raise InputError(f"spatial shapes differ: {[x.shape for x in arrays]}")
+    mask = np.ones((h, w), dtype=bool)
+    for a in arrays:
+        mask &= np.isfinite(a).all(axis=0)
+    idx = np.flatnonzero(mask.ravel())
+    if max_pixels is not None and idx.size > max_pixels:
+        idx = idx[:: int(math.ceil(idx.size / max_pixels))]
+    return [a.reshape(a.shape[0], -1)[:, idx].astype(np.float64) for a in arrays]
 
-    psf: Psf
-    psf_source: str
-    srf: np.ndarray | None
-    srf_source: str
-    exact: bool = False
-    protocol: str | None = None
-    estimate: "PairEstimate | None" = None
-    noise: Any = None  # hsfuse.denoise.NoiseEstimate, when estimated
-    denoise: tuple[bool, bool] = (False, False)  # (LR-HSI, MSI) are denoised before fusion
-    wavelengths: np.ndarray | None = None  # band centres (nm) the SRF columns belong to, when known
 
-    @property
-    def scale(self) -> int:
-        return self.psf.scale
+def _diff_matrix(c: int) -> np.ndarray:
+    d = np.zeros((max(c - 1, 0), c))
+    for i in range(c - 1):
+        d[i, i], d[i, i + 1] = -1.0, 1.0
+    return d
 
-    @property
-    def name(self) -> str:
-        """The preset's name, else where the PSF came from (what a weights record calls its protocol)."""
-        return self.protocol or self.psf_source
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "psf": {**describe_psf(self.psf), "source": self.psf_source},
-            "srf": {"source": self.srf_source, "shape": None if self.srf is None else list(self.srf.shape)},
-            "exact": self.exact, "protocol": self.protocol,
-            "estimate": None if self.estimate is None else self.estimate.describe(),
-            "noise": None if self.noise is None else self.noise.describe(),
-            "denoise": {"lr": bool(self.denoise[0]), "msi": bool(self.denoise[1])},
-        }
+def _nnls_gram(g: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """min_x ½xᵀGx − bᵀx, x ≥ 0 (G symmetric positive (semi)definite) via scipy NNLS on a square root of G."""
+    from scipy.optimize import nnls
+
+    c = g.shape[0]
+    evals, evecs = np.linalg.eigh(g)
+    floor = max(evals.max(), 1e-300) * 1e-14
+    evals = np.maximum(evals, floor)
+    root = evecs * np.sqrt(evals)  # G = root rootᵀ
+    a = root.T  # ||A x − y||² = xᵀGx − 2 yᵀA x + ...; want Aᵀy = b
+    y = (evecs.T @ b) / np.sqrt(evals)
+    x, _ = nnls(a, y, maxiter=max(50 * c, 1000))
+    return x
+
+
+def estimate_srf(lr: np.ndarray, msi_lr: np.ndarray, nonneg: bool = True, smooth: float = 0.0) -> np.ndarray:
+    """Spectral response (m, C) such that ``msi_lr ≈ R · lr`` pixelwise, by least squares.
+
+    ``lr``: (C, h, w) LR-HSI; ``msi_lr``: (m, h, w) the MSI degraded onto the
+    same LR grid (same PSF as the LR). NaN pixels (in any band of either) are
+    left out. ``nonneg``: constrain R ≥ 0 (a physical response is
+    non-negative; it also regularises the badly conditioned problem, since
+    neighbouring HS bands are nearly collinear). ``smooth`` ≥ 0 adds
+    ``smooth · tr(G)/C · ‖D r‖²`` per row with D the first spectral difference
+    (the trace factor makes it independent of the data scale). Rows are not
+    normalised to sum to 1 (see module docstring).
+    """
+    lr = np.asarray(lr)
+    msi_lr = np.asarray(msi_lr)
+    if lr.ndim != 3 or msi_lr.ndim != 3:
+        raise InputError(f"expected (C, h, w) and (m, h, w), got {lr.shape} and {msi_lr.shape}")
+    x, y = valid_pixels(lr, msi_lr)
+    c, n = x.shape
+    if n < c:
+        raise InputError(f"only {n} valid pixels to estimate an SRF over {c} bands")
+    g = x @ x.T  # (C, C)
+    rhs = y @ x.T  # (m, C)
+    if smooth > 0:
+        d = _diff_matrix(c)
+        g = g + float(smooth) * np.trace(g) / c * (d.T @ d)
+    out = np.empty((y.shape[0], c))
+    if not nonneg:
+        jitter = np.trace(g) / c * 1e-12
+        out[:] = np.linalg.solve(g + jitter * np.eye(c), rhs.T).T
+    else:
+        for i in range(y.shape[0]):
+            out[i] = _nnls_gram(g, rhs[i])
+    return out
+
+
+def estimate_psf_sigma(
+    lr: np.ndarray,
+    msi: np.ndarray,
+    srf: np.ndarray,
+    scale: int,
+    sigmas: np.ndarray | None = None,
+    refine: bool = True,
+) -> float:
+    """Width σ (HR pixels) of a centred Gaussian PSF that best explains the pair.
+
+    Compares ``R · LR`` (what the MSI bands look like at LR resolution, from the
+    HSI) with ``spatial_degrade(MSI, Psf.gaussian(scale, σ))`` for σ on a grid
+    (default 0.1·s … 1.5·s) and refines around the best by golden-section
+    search. A per-band gain and offset is fitted out at every σ, so an SRF with
+    the wrong gain (e.g. estimated under another PSF) does not bias σ.
+    """
+    from .degrade import spatial_degrade
+
+    lr = np.asarray(lr, dtype=np.float64)
+    msi = np.asarray(msi, dtype=np.float64)
+    srf = np.asarray(srf, dtype=np.float64)
+    s = int(scale)
+    c, h, w = lr.shape
+    if msi.shape[1:] != (h * s, w * s):
+        raise InputError(f"MSI {msi.shape} does not match LR {lr.shape} at scale {s}")
+    target = np.einsum("mc,chw->mhw", srf, lr)
+    msi_f = np.where(np.isfinite(msi), msi, np.nanmean(msi))
+    bad_hr = ~np.isfinite(msi).all(axis=0)
+    bad_lr = bad_hr.reshape(h, s, w, s).any(axis=(1, 3)) if bad_hr.any() else np.zeros((h, w), bool)
+    # ignore a border of 1 LR pixel (border handling of the unknown true PSF may differ)
+    mask = np.isfinite(target).all(axis=0) & ~bad_lr
+    b = 1 if min(h, w) > 4 else 0
+    if b:
+        mask[:b], mask[-b:], mask[:, :b], mask[:, -b:] = False, False, False, False
+
+    def cost(sigma: float) -> float:
+        sim = spatial_degrade(msi_f, Psf.gaussian(s, sigma))
+        err = 0.0
+        for i in range(target.shape[0]):
+            t, u = target[i][mask], sim[i][mask]
+            a = np.stack([u, np.ones_like(u)], 1)
+            coef, *_ = np.linalg.lstsq(a, t, rcond=None)
+            err += float(np.sum((t - a @ coef) ** 2))
+        return err
+
+    if sigmas is None:
+        sigmas = s * np.linspace(0.1, 1.5, 15)
+    return golden_min(cost, np.asarray(sigmas, dtype=np.float64), steps=12, refine=refine)
+
+
+def golden_section(f, lo: float, hi: float, steps: int) -> tuple[float, float, float, float]:
+    """Golden-section search of a 1-D cost on [lo, hi]: (best probe x, its cost, final lo, final hi)."""
+    gr = (math.sqrt(5) - 1) / 2
+    x1, x2 = hi - gr * (hi - lo), lo + gr * (hi - lo)
+    f1, f2 = f(x1), f(x2)
+    for _ in range(steps):
+        if f1 < f2:
+            hi, x2, f2 = x2, x1, f1
+            x1 = hi - gr * (hi - lo)
+            f1 = f(x1)
+        else:
+            lo, x1, f1 = x1, x2, f2
+            x2 = lo + gr * (hi - lo)
+            f2 = f(x2)
+    x, fx = (x1, f1) if f1 < f2 else (x2, f2)
+    return x, fx, lo, hi
+
+
+def golden_min(f, grid: np.ndarray, steps: int, refine: bool = True) -> float:
+    """argmin of a 1-D cost over ``grid``, refined by golden-section search between the best point's neighbours."""
+    costs = [f(float(v)) for v in grid]
+    j = int(np.argmin(costs))
+    if not refine or len(grid) < 3:
+        return float(grid[j])
+    lo, hi = float(grid[max(j - 1, 0)]), float(grid[min(j + 1, len(grid) - 1)])
+    _, _, lo, hi = golden_section(f, lo, hi, steps)
+    return (lo + hi) / 2
 
 
 @dataclass
@@ -157,7 +273,7 @@ class PairEstimate:
         }
 
     def to_blind(self):
-        """As a ``hsfuse.blind.BlindEstimate`` (for ``save_estimate``: the JSON ``--psf F --srf F`` reads)."""
+        """As a ``hsfuse.forward.blind.BlindEstimate`` (for ``save_estimate``: the JSON ``--psf F --srf F`` reads)."""
         from .blind import BlindEstimate
 
         gain = np.asarray(self.gain, dtype=np.float64)
@@ -427,7 +543,7 @@ def estimate_pair(lr: np.ndarray, msi_ext: np.ndarray, scale: int, *, halo: int 
     s = int(scale)
     k, r, need = estimation_support(s, psf, presets=presets)
     if halo is None:
-        from .fusion.tiling import mirror_index
+        from ..fusion.tiling import mirror_index
 
         H, W = msi_ext.shape[1:]
         ri = mirror_index(np.arange(-need * s, H + need * s), H)
@@ -557,8 +673,8 @@ def _check_signal(lr: np.ndarray, msi: np.ndarray, lr_path=None, msi_path=None) 
 def _central_window(lr_src, msi_src, scale: int, need: int, window: int | None, cache: dict | None = None):
     """(LR window, MSI window with ``need`` LR pixels of halo, rows, cols); ``cache`` keeps the last read so
     the forward-model and the noise estimates of one pair read the files once."""
-    from .cube import Window
-    from .fusion.tiling import read_mirrored
+    from ..cube import Window
+    from ..fusion.tiling import read_mirrored
 
     s = int(scale)
     window = max(16, WINDOW_HR // s) if window is None else int(window)
@@ -577,7 +693,7 @@ def _central_window(lr_src, msi_src, scale: int, need: int, window: int | None, 
 
 def noise_from_sources(lr_src, msi_src, scale: int, cache: dict | None = None):
     """``hsfuse.denoise.estimate_noise`` on the same central window the forward-model estimate reads."""
-    from .denoise import estimate_noise
+    from ..denoise import estimate_noise
 
     s = int(scale)
     _, _, need = estimation_support(s, None, presets=True)
@@ -609,185 +725,3 @@ def estimate_from_sources(lr_src, msi_src, scale: int, *, psf: Psf | None = None
         if e.path is None:
             raise InputError(e.message, msi_src.path) from None
         raise
-
-
-def _json_doc(spec: str) -> dict:
-    from .blind import _read_json
-
-    path = spec.rsplit(":", 1)[0] if spec.lower().endswith((":gaussian", ":kernel")) else spec
-    try:
-        return _read_json(path)
-    except InputError:
-        return {}
-
-
-def _json_preset(spec: str, psf: Psf | None, scale: int) -> str | None:
-    """The preset a saved estimate recognised, when the PSF read back from it is still exactly that preset."""
-    name = ((_json_doc(spec).get("estimate") or {}).get("preset")) if psf is not None else None
-    if not name:
-        return None
-    for n, p, _ in preset_forward_models(scale, 0, 0):
-        if n == name and psf_distance(psf, p) < 1e-9:
-            return name
-    return None
-
-
-def _json_srf_kind(spec: str) -> str | None:
-    return (_json_doc(spec).get("estimate") or {}).get("srf_kind")
-
-
-def _is_json_spec(spec: str) -> bool:
-    """An estimate written by `hsfuse estimate` or `fuse --save-estimate`: FILE.json[:gaussian|:kernel]."""
-    return spec.lower().endswith(".json") or ".json:" in spec.lower()
-
-
-def resolve_forward_model(cfg, scale: int, lr_src, msi_src, notify=None) -> ForwardModel:
-    """The pair's ``ForwardModel`` from ``cfg`` (a ``FuseConfig``): preset < --psf/--srf < estimate of the rest.
-
-    ``cfg.estimate``: ``"auto"`` estimates whatever is not given from the pair; ``"off"`` keeps the old
-    assumptions (Gaussian PSF with FWHM = scale, SRF fitted by the method); a ``PairEstimate`` is reused
-    as it is (one estimate for a batch of pairs from the same two sensors).
-    """
-    psf = srf = None
-    psf_source, srf_source = "", "not given"
-    exact, protocol, json_preset = False, None, None
-    windows: dict = {}  # the central window, read once for the estimate and the noise
-    if cfg.protocol:
-        from .protocols import get_protocol
-
-        proto = get_protocol(cfg.protocol)
-        if proto.scale is not None and proto.scale != scale:
-            raise InputError(f"protocol '{cfg.protocol}' is for x{proto.scale} but the inputs are x{scale}", msi_src.path)
-        psf, srf = proto.build(scale=scale)
-        psf_source, exact, protocol = f"protocol {proto.name}", True, proto.name
-        if srf is not None:
-            srf_source = f"protocol {proto.name}"
-    if isinstance(cfg.psf, Psf):
-        psf, psf_source, exact = cfg.psf, "given", True
-    elif isinstance(cfg.psf, str) and _is_json_spec(cfg.psf):
-        from .blind import psf_from_json
-
-        psf, psf_source, exact = psf_from_json(cfg.psf, scale), f"--psf {cfg.psf}", False
-        json_preset = _json_preset(cfg.psf, psf, scale)  # read once: the SRF below may come from the same file
-        if json_preset is not None:  # a saved estimate that had recognised a preset: exact, as it was then
-            exact = True
-            psf_source += f" (preset {json_preset})"
-    elif isinstance(cfg.psf, str):
-        from .degrade import make_psf
-
-        psf, psf_source, exact = make_psf(cfg.psf, scale, sigma=cfg.sigma, form=cfg.psf_form), f"--psf {cfg.psf}", False
-    if cfg.psf is not None:
-        protocol = None  # the PSF is no longer the preset's
-    if psf is not None and psf.scale != scale:
-        raise UsageError(f"the PSF is for scale {psf.scale} but the inputs are x{scale}")
-    if isinstance(cfg.srf, str) and _is_json_spec(cfg.srf):
-        from .blind import srf_from_json
-
-        srf, srf_source = srf_from_json(cfg.srf), f"--srf {cfg.srf} (estimated, gain applied)"
-        if json_preset is not None and _json_srf_kind(cfg.srf) == f"preset {json_preset}":
-            protocol = json_preset  # both from a saved estimate that followed a preset
-    elif isinstance(cfg.srf, str):
-        from .srf import load_srf
-
-        srf, srf_source = load_srf(cfg.srf, lr_src.meta.wavelengths, lr_src.bands).matrix, f"--srf {cfg.srf}"
-    elif cfg.srf is not None:
-        srf, srf_source = cfg.srf, "given"
-    if cfg.srf is not None and cfg.protocol:
-        protocol = None
-    if srf is not None:
-        srf = np.asarray(srf, dtype=np.float64)
-        if srf.shape != (msi_src.bands, lr_src.bands):
-            raise InputError(f"SRF has shape {srf.shape}, expected (MSI bands, LR bands) = ({msi_src.bands}, "
-                             f"{lr_src.bands})", msi_src.path)
-    est = None
-    mode = cfg.estimate
-    estimable = msi_src.bands <= lr_src.bands  # more MSI than LR bands: swapped inputs, the model says so
-    if (psf is None or srf is None) and estimable and not (isinstance(mode, str) and mode == "off"):
-        if isinstance(mode, PairEstimate):
-            est = mode
-            if est.psf.scale != scale or est.srf.shape != (msi_src.bands, lr_src.bands):
-                raise InputError(f"the reused estimate is for x{est.psf.scale} and SRF {est.srf.shape}; this pair is "
-                                 f"x{scale} with ({msi_src.bands}, {lr_src.bands})", msi_src.path)
-        elif isinstance(mode, str) and mode == "auto":
-            try:
-                est = estimate_from_sources(lr_src, msi_src, scale, psf=psf, srf=srf, cache=windows)
-            except InputError as e:
-                if "too few valid LR pixels" not in e.message:
-                    raise
-                est = None  # a tiny pair: nothing to estimate from; the old assumptions, said aloud
-                if notify:
-                    notify(f"warning: {e.message}; assuming a Gaussian PSF with FWHM = scale (give --psf/--srf)")
-        else:
-            raise UsageError(f"estimate must be auto or off, got {mode!r}")
-    if est is not None:
-        if est.residual > RESIDUAL_FAIL and not cfg.force:
-            raise InputError(f"the MSI does not match the LR cube (relative residual {est.residual:.2f} of the "
-                             "forward-model fit, > " f"{RESIDUAL_FAIL:g}): another scene or date, grossly misregistered "
-                             "grids, or swapped files; give --psf and --srf (or --protocol) and --force to fuse anyway",
-                             msi_src.path)
-        if notify:
-            notify(est.summary())
-            for wmsg in est.warnings:
-                notify(f"warning: {wmsg}")
-        if psf is None:
-            psf = est.psf
-            exact = est.preset is not None
-            psf_source = f"estimated from the pair ({est.psf_kind}, residual {est.residual:.2g})"
-        if srf is None:
-            srf = np.asarray(est.srf, dtype=np.float64)
-            srf_source = f"estimated from the pair ({est.srf_kind})"
-            if est.preset is not None and est.srf_kind == f"preset {est.preset}" and est.psf_kind == est.srf_kind:
-                protocol = est.preset  # the pair follows this preset: as if --protocol had been given
-    if psf is None:
-        from .degrade import Psf as _Psf
-
-        psf, psf_source = _Psf.gaussian(scale), "assumed: Gaussian with FWHM = scale (not estimated)"
-    noise, denoise = None, (False, False)
-    dmode = str(getattr(cfg, "denoise", "auto")).lower()
-    if dmode not in ("auto", "on", "off"):
-        raise UsageError(f"denoise must be auto, on or off, got {dmode!r}")
-    if dmode != "off":
-        noise = noise_from_sources(lr_src, msi_src, scale, cache=windows)
-        denoise = (True, True) if dmode == "on" else noise.noisy()
-        if dmode == "auto" and any(denoise):
-            # noise of the *observations* makes the two inputs disagree through the forward model; "noise"
-            # that both inputs share (fine texture, or a simulated pair whose reference is itself noisy) does
-            # not, and filtering it would remove scene content: then nothing is denoised
-            res = est.residual if est is not None else _model_residual(lr_src, msi_src, scale, psf, srf)
-            if res is not None and res < RESIDUAL_NOISY:
-                denoise = (False, False)
-                if notify:
-                    notify(f"the inputs look noisy (estimated SNR: LR {noise.lr_snr_db:.0f} dB, MSI "
-                           f"{noise.msi_snr_db:.0f} dB) but agree with each other to {res:.2g}: that is scene "
-                           "content, not observation noise; not denoised (--denoise on forces it)")
-        if notify and any(denoise):
-            what = " and ".join(n for n, d in zip(("LR-HSI", "MSI"), denoise) if d)
-            notify(f"noisy inputs (estimated SNR: LR {noise.lr_snr_db:.0f} dB, MSI {noise.msi_snr_db:.0f} dB): "
-                   f"denoising the {what} first (--denoise off skips it)")
-    return ForwardModel(psf=psf, psf_source=psf_source, srf=srf, srf_source=srf_source, exact=exact,
-                        protocol=protocol, estimate=est, noise=noise, denoise=denoise)
-
-
-def _model_residual(lr_src, msi_src, scale: int, psf: Psf | None, srf: np.ndarray | None) -> float | None:
-    """The forward-model residual of a pair under a given PSF and SRF (None when either is unknown)."""
-    if psf is None or srf is None:
-        return None
-    try:
-        return estimate_from_sources(lr_src, msi_src, scale, psf=psf, srf=srf).residual
-    except (InputError, UsageError):
-        return None
-
-
-def psf_distance(a: Psf, b: Psf) -> float:
-    """Relative L2 distance of two PSFs' kernels placed on the HR grid by their pads (0: the same model)."""
-    if a.scale != b.scale:
-        return float("inf")
-    lo = min(-int(a.pad), -int(b.pad))
-    hi = max(a.size - int(a.pad), b.size - int(b.pad))
-    grid = []
-    for p in (a, b):
-        g = np.zeros((hi - lo, hi - lo))
-        o = -int(p.pad) - lo
-        g[o:o + p.size, o:o + p.size] = p.kernel
-        grid.append(g)
-    return float(np.linalg.norm(grid[0] - grid[1]) / max(np.linalg.norm(grid[1]), 1e-300))

@@ -40,11 +40,11 @@ CAVE_SHIPPED = [p for p in SHIPPED if str(json.loads(p.read_text()).get("protoco
 @pytest.mark.parametrize("rec_path", CAVE_SHIPPED, ids=[p.stem for p in CAVE_SHIPPED])
 def test_shipped_model_beats_detail_injection_on_a_validation_scene(shared_data, rec_path):
     """Every shipped CAVE model (they all refine the GSA estimate) beats it on a held-out scene."""
-    from hsfuse.degrade import degrade_cube
+    from hsfuse.forward.degrade import degrade_cube
     from hsfuse.fusion.engine import FuseConfig, fuse_arrays
     from hsfuse.io import open_cube
     from hsfuse.metrics import compute_metrics
-    from hsfuse.protocols import get_protocol, read_protocol_input
+    from hsfuse.forward.protocols import get_protocol, read_protocol_input
 
     rec = json.loads(rec_path.read_text())
     scene = "oil_painting"
