@@ -80,10 +80,11 @@ def estimate(
                       markup=False)
         pair = None
         if method == "auto":
+            from ..forward.blind import BlindEstimate
             from ..forward.estimate import estimate_pair
 
             pair = estimate_pair(lr_data, msi_data, s)
-            est = pair.to_blind()
+            est = BlindEstimate.from_pair(pair)
             if no_normalise:
                 est.srf, est.gain = pair.srf, None
         else:

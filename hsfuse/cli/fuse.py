@@ -308,12 +308,12 @@ def _set_threads(n: int) -> None:
 
 def _save_estimate(path: Path, est, lr_path: Path, msi_path: Path, overwrite: bool) -> None:
     """The estimate as the JSON `hsfuse estimate -o` writes (``--psf F --srf F`` read it back), atomically."""
-    from ..forward.blind import save_estimate as write_json
+    from ..forward.blind import BlindEstimate, save_estimate as write_json
 
     if path.exists() and not overwrite:
         raise OutputError("exists (use --overwrite)", path)
-    write_json(path, est.to_blind(), extra={"inputs": {"lr": str(lr_path), "msi": str(msi_path)},
-                                            "estimate": est.describe()})
+    write_json(path, BlindEstimate.from_pair(est), extra={"inputs": {"lr": str(lr_path), "msi": str(msi_path)},
+                                                          "estimate": est.describe()})
 
 
 def _print_plan(lr: Path, msi: Path, out: Path, plan: dict) -> None:

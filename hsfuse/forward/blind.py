@@ -63,10 +63,16 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .degrade import spatial_degrade
-from .psf import Psf, gaussian_kernel
 from ..errors import InputError, UsageError
-from .estimate import golden_min
+from .degrade import spatial_degrade
+from .estimate import (
+    _diff2d,
+    default_support,
+    fit_gaussian_sigma,
+    golden_min,
+    simplex_qp,
+)
+from .psf import Psf, gaussian_kernel
 
 __all__ = [
     "BlindEstimate", "estimate_blind", "estimate_psf_kernel", "fit_gaussian_sigma", "save_estimate",
@@ -120,15 +126,19 @@ class BlindEstimate:
             "warnings": list(self.warnings),
         }
 
+    @classmethod
+    def from_pair(cls, pair) -> "BlindEstimate":
+        """A ``PairEstimate`` of ``estimate_pair`` in this form (for ``save_estimate``: the JSON ``--psf F --srf F`` reads)."""
+        gain = np.asarray(pair.gain, dtype=np.float64)
+        safe = np.where(gain > 0, gain, 1.0)
+        return cls(psf=pair.psf, sigma=float(pair.sigma or 0.0), srf=pair.srf / safe[:, None],
+                   residual=pair.residual, iterations=0, gain=gain, centre_offset=pair.centre_offset,
+                   warnings=list(pair.warnings),
+                   options={"method": "hsfuse.forward.estimate_pair", "psf_kind": pair.psf_kind,
+                            "srf_kind": pair.srf_kind, "preset": pair.preset})
+
 
 # --------------------------------------------------------------------------- helpers
-
-
-def default_support(scale: int) -> int:
-    """Kernel side k = s + 2r: covers ±3σ of a Gaussian with FWHM up to 1.2·s, capped for large scales."""
-    s = int(scale)
-    r = max(1, math.ceil(0.5 + 1.53 * s - s / 2)) if s <= 8 else max(2, math.ceil(0.5 * s))
-    return s + 2 * r
 
 
 def _check_pair(lr: np.ndarray, msi: np.ndarray, scale: int | None) -> int:
@@ -169,25 +179,6 @@ def _patches(msi: np.ndarray, scale: int, k: int, border: str = "reflect") -> np
     xp = np.pad(msi, ((0, 0), (r, r), (r, r)), mode=mode)
     v = sliding_window_view(xp, (k, k), axis=(1, 2))[:, ::s, ::s]
     return v[:, : H // s, : W // s]
-
-
-def _project_simplex(v: np.ndarray) -> np.ndarray:
-    """Euclidean projection onto {x ≥ 0, Σx = 1} (Duchi et al. 2008)."""
-    u = np.sort(v)[::-1]
-    css = np.cumsum(u) - 1.0
-    ind = np.arange(1, v.size + 1)
-    rho = np.nonzero(u - css / ind > 0)[0][-1]
-    theta = css[rho] / (rho + 1.0)
-    return np.maximum(v - theta, 0.0)
-
-
-def _diff2d(k: int) -> np.ndarray:
-    """Stacked horizontal and vertical first differences on a k×k grid, as a (2k(k−1), k²) matrix."""
-    d = np.zeros((k - 1, k))
-    d[np.arange(k - 1), np.arange(k - 1)] = -1.0
-    d[np.arange(k - 1), np.arange(1, k)] = 1.0
-    eye = np.eye(k)
-    return np.concatenate([np.kron(eye, d), np.kron(d, eye)])
 
 
 def _fit_mask(lr: np.ndarray, msi: np.ndarray, scale: int, k: int, border_lr: int) -> np.ndarray:
@@ -253,58 +244,6 @@ def estimate_psf_kernel(lr: np.ndarray, msi: np.ndarray, srf: np.ndarray, scale:
     if x is None:
         raise InputError("the MSI has no signal to estimate the PSF from")
     return x.reshape(k, k)
-
-
-def simplex_qp(g: np.ndarray, rhs: np.ndarray, x0: np.ndarray, iters: int, tol: float, power_iters: int = 100,
-               margin: float = 1.02) -> np.ndarray | None:
-    """min ½xᵀGx − rhsᵀx on the simplex {x ≥ 0, Σx = 1} by FISTA from ``x0``; None when G is zero.
-
-    The step is 1/L with L the largest eigenvalue of G by power iteration (times ``margin``): no
-    eigensolver on the k²×k² matrix. Stops when no coordinate moves by ``tol``.
-    """
-    vec = np.full(g.shape[0], 1.0 / math.sqrt(g.shape[0]))
-    lip = 0.0
-    for _ in range(power_iters):
-        nv = g @ vec
-        lip = float(np.linalg.norm(nv))
-        if lip == 0:
-            break
-        vec = nv / lip
-    lip *= margin
-    if not lip > 0:
-        return None
-    x = _project_simplex(np.asarray(x0, dtype=np.float64))
-    yv, t = x.copy(), 1.0
-    for _ in range(int(iters)):
-        x_new = _project_simplex(yv - (g @ yv - rhs) / lip)
-        t_new = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
-        yv = x_new + ((t - 1.0) / t_new) * (x_new - x)
-        if np.max(np.abs(x_new - x)) < tol:
-            return x_new
-        x, t = x_new, t_new
-    return x
-
-
-def fit_gaussian_sigma(kernel: np.ndarray) -> tuple[float, tuple[float, float]]:
-    """(σ, (cy, cx)): centred-Gaussian width fitted to a kernel by least squares with a free amplitude.
-
-    The centre is the kernel's centroid (index units); σ minimises
-    ‖K − a·exp(−d²/2σ²)‖² over a grid and a golden-section refinement.
-    """
-    kern = np.maximum(np.asarray(kernel, dtype=np.float64), 0.0)
-    k = kern.shape[0]
-    tot = kern.sum()
-    ii = np.arange(k, dtype=np.float64)
-    cy = float((kern.sum(1) * ii).sum() / tot)
-    cx = float((kern.sum(0) * ii).sum() / tot)
-    d2 = (ii[:, None] - cy) ** 2 + (ii[None, :] - cx) ** 2
-
-    def cost(sig: float) -> float:
-        g = np.exp(-0.5 * d2 / (sig * sig))
-        a = float((g * kern).sum() / (g * g).sum())
-        return float(((kern - a * g) ** 2).sum())
-
-    return float(golden_min(cost, np.linspace(0.15, max(k / 2.0, 0.5), 60), steps=40)), (cy, cx)
 
 
 def _residual(lr: np.ndarray, msi_lr: np.ndarray, srf: np.ndarray, mask: np.ndarray) -> float:

@@ -272,18 +272,6 @@ class PairEstimate:
             "pixels": self.pixels, "seconds": self.seconds, "warnings": list(self.warnings),
         }
 
-    def to_blind(self):
-        """As a ``hsfuse.forward.blind.BlindEstimate`` (for ``save_estimate``: the JSON ``--psf F --srf F`` reads)."""
-        from .blind import BlindEstimate
-
-        gain = np.asarray(self.gain, dtype=np.float64)
-        safe = np.where(gain > 0, gain, 1.0)
-        return BlindEstimate(psf=self.psf, sigma=float(self.sigma or 0.0), srf=self.srf / safe[:, None],
-                             residual=self.residual, iterations=0, gain=gain, centre_offset=self.centre_offset,
-                             warnings=list(self.warnings),
-                             options={"method": "hsfuse.forward.estimate_pair", "psf_kind": self.psf_kind,
-                                      "srf_kind": self.srf_kind, "preset": self.preset})
-
 
 # --------------------------------------------------------------------------- the sample
 
@@ -294,8 +282,6 @@ def support_for(scale: int) -> int:
     Up to ×8 the HySure estimate's support; above, 2.5 s (that one's 2 s cannot hold σ > 0.4 s: a ×16
     Gaussian of σ 7.2 was 5.5 dB behind the truth).
     """
-    from .blind import default_support
-
     s = int(scale)
     return default_support(s) if s <= 8 else s + 2 * math.ceil(0.75 * s)
 
@@ -422,8 +408,6 @@ def _gauss(k: int, sigma: float, cy: float, cx: float) -> np.ndarray:
 def _line_search(f, grid: np.ndarray, steps: int = 10) -> tuple[float, float]:
     costs = [f(float(v)) for v in grid]
     j = int(np.argmin(costs))
-    from .estimate import golden_section
-
     lo, hi = float(grid[max(j - 1, 0)]), float(grid[min(j + 1, len(grid) - 1)])
     x, c, _, _ = golden_section(f, lo, hi, steps)
     return (x, c) if c < costs[j] else (float(grid[j]), float(costs[j]))
@@ -463,8 +447,6 @@ def _fit_gaussian(sample: _Sample, srf: np.ndarray | None) -> tuple[float, float
 def _fit_free_kernel(sample: _Sample, init: np.ndarray, srf: np.ndarray, rows: np.ndarray,
                      smooth: float = 1e-4, iters: int = 400) -> np.ndarray:
     """Non-negative kernel summing to 1 minimising ‖degrade(MSI) − g·SRF·LR‖² + λ‖∇K‖² on ``rows`` (FISTA)."""
-    from .blind import _diff2d, simplex_qp
-
     # on the default support (the sample's may be wider, to hold the preset kernels), centred alike
     kf = min(sample.k, support_for(sample.scale))
     c0 = (sample.k - kf) // 2
@@ -489,8 +471,6 @@ def _fit_free_kernel(sample: _Sample, init: np.ndarray, srf: np.ndarray, rows: n
 
 def _fit_srf(sample: _Sample, kern: np.ndarray) -> np.ndarray:
     """Effective SRF (m, C) for a kernel: non-negative least squares of the degraded MSI on the LR bands."""
-    from .estimate import estimate_srf
-
     y = sample.degrade(kern)
     n = sample.n
     return estimate_srf(sample.x.reshape(sample.x.shape[0], 1, n), y.reshape(y.shape[0], 1, n))
@@ -610,8 +590,6 @@ def estimate_pair(lr: np.ndarray, msi_ext: np.ndarray, scale: int, *, halo: int 
     if chosen_psf is None:
         chosen_psf = Psf(kern, s, pad=r, border="reflect", name=f"estimated {kind}")
     # sigma and centre of what was chosen (for the report)
-    from .blind import fit_gaussian_sigma
-
     fsig, (cy, cx) = fit_gaussian_sigma(kern)
     c0 = (k - 1) / 2.0
     if kind != "gaussian":
@@ -725,3 +703,84 @@ def estimate_from_sources(lr_src, msi_src, scale: int, *, psf: Psf | None = None
         if e.path is None:
             raise InputError(e.message, msi_src.path) from None
         raise
+
+
+# --------------------------------------------------------------------------- shared with blind.py (HySure)
+
+
+def default_support(scale: int) -> int:
+    """Kernel side k = s + 2r: covers ±3σ of a Gaussian with FWHM up to 1.2·s, capped for large scales."""
+    s = int(scale)
+    r = max(1, math.ceil(0.5 + 1.53 * s - s / 2)) if s <= 8 else max(2, math.ceil(0.5 * s))
+    return s + 2 * r
+
+
+def _project_simplex(v: np.ndarray) -> np.ndarray:
+    """Euclidean projection onto {x ≥ 0, Σx = 1} (Duchi et al. 2008)."""
+    u = np.sort(v)[::-1]
+    css = np.cumsum(u) - 1.0
+    ind = np.arange(1, v.size + 1)
+    rho = np.nonzero(u - css / ind > 0)[0][-1]
+    theta = css[rho] / (rho + 1.0)
+    return np.maximum(v - theta, 0.0)
+
+
+def _diff2d(k: int) -> np.ndarray:
+    """Stacked horizontal and vertical first differences on a k×k grid, as a (2k(k−1), k²) matrix."""
+    d = np.zeros((k - 1, k))
+    d[np.arange(k - 1), np.arange(k - 1)] = -1.0
+    d[np.arange(k - 1), np.arange(1, k)] = 1.0
+    eye = np.eye(k)
+    return np.concatenate([np.kron(eye, d), np.kron(d, eye)])
+
+
+def simplex_qp(g: np.ndarray, rhs: np.ndarray, x0: np.ndarray, iters: int, tol: float, power_iters: int = 100,
+               margin: float = 1.02) -> np.ndarray | None:
+    """min ½xᵀGx − rhsᵀx on the simplex {x ≥ 0, Σx = 1} by FISTA from ``x0``; None when G is zero.
+
+    The step is 1/L with L the largest eigenvalue of G by power iteration (times ``margin``): no
+    eigensolver on the k²×k² matrix. Stops when no coordinate moves by ``tol``.
+    """
+    vec = np.full(g.shape[0], 1.0 / math.sqrt(g.shape[0]))
+    lip = 0.0
+    for _ in range(power_iters):
+        nv = g @ vec
+        lip = float(np.linalg.norm(nv))
+        if lip == 0:
+            break
+        vec = nv / lip
+    lip *= margin
+    if not lip > 0:
+        return None
+    x = _project_simplex(np.asarray(x0, dtype=np.float64))
+    yv, t = x.copy(), 1.0
+    for _ in range(int(iters)):
+        x_new = _project_simplex(yv - (g @ yv - rhs) / lip)
+        t_new = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
+        yv = x_new + ((t - 1.0) / t_new) * (x_new - x)
+        if np.max(np.abs(x_new - x)) < tol:
+            return x_new
+        x, t = x_new, t_new
+    return x
+
+
+def fit_gaussian_sigma(kernel: np.ndarray) -> tuple[float, tuple[float, float]]:
+    """(σ, (cy, cx)): centred-Gaussian width fitted to a kernel by least squares with a free amplitude.
+
+    The centre is the kernel's centroid (index units); σ minimises
+    ‖K − a·exp(−d²/2σ²)‖² over a grid and a golden-section refinement.
+    """
+    kern = np.maximum(np.asarray(kernel, dtype=np.float64), 0.0)
+    k = kern.shape[0]
+    tot = kern.sum()
+    ii = np.arange(k, dtype=np.float64)
+    cy = float((kern.sum(1) * ii).sum() / tot)
+    cx = float((kern.sum(0) * ii).sum() / tot)
+    d2 = (ii[:, None] - cy) ** 2 + (ii[None, :] - cx) ** 2
+
+    def cost(sig: float) -> float:
+        g = np.exp(-0.5 * d2 / (sig * sig))
+        a = float((g * kern).sum() / (g * g).sum())
+        return float(((kern - a * g) ** 2).sum())
+
+    return float(golden_min(cost, np.linspace(0.15, max(k / 2.0, 0.5), 60), steps=40)), (cy, cx)

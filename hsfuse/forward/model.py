@@ -17,8 +17,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, UsageError
-from .estimate import (RESIDUAL_FAIL, RESIDUAL_NOISY, PairEstimate, estimate_from_sources, noise_from_sources,
-                       preset_forward_models)
+from .estimate import (
+    RESIDUAL_FAIL,
+    RESIDUAL_NOISY,
+    PairEstimate,
+    estimate_from_sources,
+    noise_from_sources,
+    preset_forward_models,
+)
 from .psf import Psf, describe_psf, psf_distance
 
 __all__ = ["ForwardModel", "resolve_forward_model"]

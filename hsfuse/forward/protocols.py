@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .psf import Psf, box_kernel, gaussian_kernel, make_psf, resize_kernel
 from ..errors import InputError, UsageError
+from .psf import Psf, box_kernel, gaussian_kernel, make_psf, resize_kernel
 
 ENV_MHF = "HSFUSE_MHF_RESPONSE"
 MHF_RELPATH = Path("..") / "shared" / "data" / "srf" / "nikon_d700_mhfnet" / "response_coefficient.mat"
