@@ -329,13 +329,18 @@ class DetailInjection(_ClassicalBase):
         al, be = al.to(lr_t.dtype), be.to(lr_t.dtype)
         c, m, h, w = al.shape
         q = upsample_t(be, s, self.offset)
-        # band chunks bound the (chunk, m, H, W) upsampled coefficients
-        step = max(1, int(2**25 // max(m * h * w * s * s, 1)))
+        # band chunks bound the (chunk, m, H, W) upsampled coefficients (about 32 MB in float32), and the
+        # products are accumulated in place: at x32 the tile with gsa's halo is ~1200² HR pixels, where a
+        # (chunk, m, H, W) product per chunk cost 250 MB of peak memory (issue 20)
+        step = max(1, int(2**23 // max(m * h * w * s * s, 1)))
         for c0 in range(0, c, step):
             ah = upsample_t(al[c0:c0 + step].reshape(-1, h, w), s, self.offset).reshape(-1, m, h * s, w * s)
-            q[c0:c0 + step] += (ah * msi_t[None]).sum(1)
-        out = q + self.up(lr_t - degrade_t(q, self.psf))
-        return self._finish(out, bad)
+            qc = q[c0:c0 + step]
+            for k in range(m):
+                qc.addcmul_(ah[:, k], msi_t[k])
+            del ah
+        q += self.up(lr_t - degrade_t(q, self.psf))
+        return self._finish(q, bad)
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()

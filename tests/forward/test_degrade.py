@@ -252,6 +252,21 @@ def test_the_torch_degradation_equals_the_numpy_one(border, pad):
     np.testing.assert_allclose(spatial_degrade_t(torch.from_numpy(z[0]), psf).numpy(), want[0], atol=1e-12)
 
 
+@pytest.mark.parametrize("k,shape", [(4, (26, 21)), (3, (24, 20)), (4, (24, 20))])
+def test_the_torch_degradation_without_a_border_equals_the_numpy_one(k, shape):
+    """Kernels whose taps all fall inside the image (the block form, a first-pixel kernel narrower than the
+    block) take a copy-free path in torch; sizes that are not multiples of the scale drop the surplus."""
+    import torch
+
+    from hsfuse.forward.degrade import spatial_degrade, spatial_degrade_t
+
+    rng = np.random.default_rng(2)
+    z = rng.random((3, *shape))
+    psf = Psf(rng.random((k, k)) / (k * k / 2), 4, pad=0)
+    want = spatial_degrade(z[:, :shape[0] // 4 * 4, :shape[1] // 4 * 4], psf)
+    np.testing.assert_allclose(spatial_degrade_t(torch.from_numpy(z), psf).numpy(), want, atol=1e-12)
+
+
 @pytest.mark.parametrize("scale", [2, 3, 4, 8])
 @pytest.mark.parametrize("name,mode", [("imresize-bicubic", "bicubic"), ("imresize-bilinear", "bilinear")])
 def test_resize_presets_equal_torch_antialiased_interpolate(scale, name, mode):
