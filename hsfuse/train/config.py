@@ -30,58 +30,87 @@ DEFAULT_DATA = str(Path(__file__).resolve().parents[3] / "shared" / "data" / "ca
 DEFAULT_LOSS_WEIGHTS = {"l1": 1.0, "kd": 0.5, "feat": 0.1, "beba": 0.1, "sam": 0.05}
 
 
+def cli(help: str, flag: str | None = None, kind: str | None = None) -> dict[str, Any]:
+    """A field's ``hsfuse train`` option (``cli/train.py`` builds the command from these): its help, its flag
+    when not ``--field-name``, and how the text is read: ``list`` (comma-separated), ``json`` (an object),
+    ``schedule`` (STEP:PATCH,...), ``switch`` (``--x/--no-x``), ``flag`` (true when given), ``inverted``
+    (a flag that sets the field false)."""
+    return {"cli": {"help": help, "flag": flag, "kind": kind}}
+
+
+def opt(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **kw: Any) -> Any:
+    """A TrainConfig field with its command-line option (``cli``)."""
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=cli(**kw))
+    return field(default=default, metadata=cli(**kw))
+
+
 @dataclass(frozen=True)
 class TrainConfig:
+    """Every knob of a training run. A field with ``cli`` metadata is also an ``hsfuse train`` option (same
+    order, same name unless ``flag`` says otherwise); the others are set in a TOML file."""
+
     # data and forward model
-    data: tuple[str, ...] = (DEFAULT_DATA,)  # folders of scenes (CAVE band folders, cube files) or cube files
-    validation_scenes: tuple[str, ...] = VALIDATION_SCENES
-    train_scenes: tuple[str, ...] = ()  # empty: every scene found that is not a validation scene
-    protocol: str = "cave-gauss-x8"  # preset, or "custom" with scale/psf_sigma/srf_file
-    scale: int = 0  # custom protocol only
-    psf_sigma: float = 0.0  # custom: Gaussian sigma in HR pixels (0: FWHM = scale)
-    srf_file: str = ""  # custom: .npy/.csv (m x C) or .mat with R (C x m)
-    noise_snr: float = 0.0  # dB; > 0 adds Gaussian noise of this SNR to LR and MSI patches
-    srf_augment: int = 0  # SRF augmentation: this many random smooth perturbations of the SRFs (0: none)
-    srf_augment_cameras: tuple[str, ...] = ()  # SRF augmentation: shipped response curves (hsfuse.forward.srf names)
-    joint_scale: int = 0  # MulSR: also train on pairs at this second scale factor (its small_scale); 0: off
-    spectral_augment: int = 0  # this many re-coloured copies of each training scene (data.spectral_variants)
-    srf_tolerance_nm: float = 10.0  # recorded: how far (band centroid/width, nm) an input SRF may be for `fuse` to pick it
+    data: tuple[str, ...] = (DEFAULT_DATA,)  # folders of scenes (CAVE band folders, cube files) or cube files: the argument
+    protocol: str = opt("cave-gauss-x8", help="Forward model: cave-gauss-x8, cave-mhf-x32, or custom (with --scale, --srf-file).")
+    scale: int = opt(0, help="Scale of a custom protocol.")
+    psf_sigma: float = opt(0.0, help="Gaussian PSF sigma of a custom protocol (HR pixels; default FWHM = scale).")
+    srf_file: str = opt("", help="SRF of a custom protocol: .npy/.csv (m x C) or .mat with R (C x m).")
+    validation_scenes: tuple[str, ...] = opt(VALIDATION_SCENES, flag="--val-scenes", kind="list",
+                                             help="Comma-separated held-out scene names.")
+    train_scenes: tuple[str, ...] = opt((), kind="list",  # empty: every scene found that is not a validation scene
+                                        help="Comma-separated training scenes (default: all others).")
+    noise_snr: float = opt(0.0, help="Add Gaussian noise of this SNR (dB) to LR and MSI patches.")
+    srf_augment: int = opt(0, help="SRF augmentation: this many random smooth perturbations of the response curves.")
+    srf_augment_cameras: tuple[str, ...] = opt((), kind="list",  # shipped response curves (hsfuse.forward.srf names)
+                                               help="SRF augmentation: comma-separated shipped curves (e.g. nikon-5100).")
+    joint_scale: int = opt(0, help="MulSR: also train at this second (smaller) scale factor, e.g. 4 for an x8 protocol.")
+    spectral_augment: int = opt(0, help="Spectral augmentation: this many re-coloured copies (smooth random spectral "
+                                        "gain) of each training scene.")
+    srf_tolerance_nm: float = opt(10.0, flag="--srf-tolerance", help="Record: how far (nm) an input SRF may be from the "
+                                                                     "training one for `fuse` to pick the model.")
     # model
-    model: str = "student"  # student | teacher | mftn | hyfusion | mulsr | hsr-diff (hsfuse.train.objectives)
-    model_kwargs: Mapping[str, Any] = field(default_factory=dict)  # extra constructor keywords (e.g. {"nf": 24})
-    val_steps: int = 8  # hsr-diff: DDIM steps when validating
-    prior: bool = True  # refine the detail-injection (GSA) estimate
-    distill: bool = False  # online KD: co-train a teacher and distil it into the student
-    nf: int = 0  # 0: width scaled with the band count
-    heads: int = 0
+    model: str = opt("student", help="student | teacher (CSAKD) | mftn | hyfusion | mulsr | hsr-diff.")
+    model_kwargs: Mapping[str, Any] = opt(factory=dict, flag="--model-kwargs", kind="json",
+                                          help='Extra network constructor keywords as JSON, e.g. \'{"nf": 24}\'.')
+    val_steps: int = opt(8, help="hsr-diff: DDIM sampling steps used for validation (default 8).")
+    prior: bool = opt(True, kind="switch", help="Refine the GSA detail-injection estimate (default on).")
+    distill: bool = opt(False, kind="switch", help="Co-train a teacher and distil it into the student.")
+    nf: int = opt(0, help="Feature width (default: scaled with the band count).")
+    heads: int = opt(0, help="Attention heads (default: width / 4 for the student, / 8 for the teacher).")
     attn_window: int = 3  # LR pixels
-    init_weights: str = ""  # start from these exported weights (fine-tuning); the optimiser starts fresh
+    init_weights: str = opt("", help="Start from these exported weights (fine-tuning; fresh optimiser).")
     # optimisation
-    steps: int = 2000
-    batch: int = 8
-    patch: int = 64  # HR patch side (a multiple of the scale)
-    patch_schedule: tuple[tuple[int, int], ...] = ()  # progressive patch sizes ((start_step, patch), ...); overrides patch
-    lr: float = 5e-4
-    weight_decay: float = 1e-4
-    warmup: int = 100
+    steps: int = opt(2000, help="Optimiser steps.")
+    batch: int = opt(8, help="Patches per step (per process).")
+    patch: int = opt(64, help="HR patch side (a multiple of the scale).")
+    patch_schedule: tuple[tuple[int, int], ...] = opt((), kind="schedule",  # ((start_step, patch), ...)
+                                                      help="Progressive patch sizes STEP:PATCH,... (e.g. 0:64,1000:96); "
+                                                           "overrides --patch.")
+    lr: float = opt(5e-4, flag="--lr", help="Peak learning rate (AdamW).")
+    weight_decay: float = opt(1e-4, help="AdamW weight decay.")
+    warmup: int = opt(100, help="Linear warmup steps before the cosine decay.")
     min_lr_ratio: float = 0.05
-    clip: float = 1.0
+    clip: float = opt(1.0, help="Gradient-norm clipping (0: off).")
     loss_weights: Mapping[str, float] = field(default_factory=dict)  # overrides of the model's defaults
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int = 0  # torch CPU threads (0: torch's default)
+    seed: int = opt(0, help="Random seed (weights init and patch sampling).")
+    device: str = opt("auto", help="auto | cpu | cuda | cuda:N.")
+    threads: int = opt(0, help="Torch CPU threads (0: default).")
     # bookkeeping
-    out_dir: str = "runs/csakd"
-    checkpoint_every: int = 200
-    val_every: int = 500
-    val_tile: int = 0  # HR tile side for validation (0: whole scenes)
-    resume: bool = False
-    stop_after: int = 0  # stop (with a checkpoint) after this many steps in this invocation; resume continues
-    time_limit_min: float = 0.0  # stop (with a checkpoint) after this many minutes in this invocation
-    export: str = ""  # weights stem (e.g. weights/csakd-s-cave-gauss-x8); written after training
-    export_if_better: bool = True  # export only if validation PSNR beats the GSA prior
-    keep_best: bool = False  # export the weights of the validation with the best PSNR, not the last step's
-    notes: str = ""
+    out_dir: str = opt("runs/csakd", flag="--out-dir", help="Run folder: checkpoint.pt, log.csv, log.json.")
+    checkpoint_every: int = opt(200, help="Steps between checkpoints.")
+    val_every: int = opt(500, help="Steps between validations.")
+    val_tile: int = opt(0, help="Validate in HR tiles of this side (0: whole scenes).")
+    resume: bool = opt(False, kind="flag", help="Continue the run in --out-dir from its checkpoint.")
+    stop_after: int = opt(0, help="Stop (with a checkpoint) after this many steps in this invocation; --resume continues.")
+    time_limit_min: float = opt(0.0, flag="--time-limit",
+                                help="Stop (with a checkpoint) after this many minutes in this invocation.")
+    export: str = opt("", flag="--export", help="Write weights/NAME.safetensors + .json after training.")
+    export_if_better: bool = opt(True, flag="--export-always", kind="inverted",
+                                 help="Export even if the model does not beat its GSA prior.")
+    keep_best: bool = opt(False, kind="flag",
+                          help="Export the weights of the best validation (early stopping), not the last step's.")
+    notes: str = opt("", help="Free text added to the record's notes.")
 
     def __post_init__(self) -> None:
         from ..models.architectures import TRAINABLE

@@ -269,272 +269,348 @@ def validate(net, scenes, scale: int, device: str, tile: int = 0, baselines: dic
     return out
 
 
-def train(cfg: TrainConfig, progress: bool = False, scenes: Sequence | None = None, val_scenes: Sequence | None = None,
-          fm=None, log: Callable[[str], None] | None = None) -> TrainResult:
-    """Train (or resume) the run described by ``cfg``; ``scenes``/``val_scenes``/``fm`` override the data (tests)."""
-    import torch
+class TrainingRun:
+    """One run's state, in the order ``train`` drives it: ``load_data`` → ``build`` → ``resume`` →
+    ``open_log`` → ``step`` (× steps, with ``validate`` / ``save_checkpoint`` on their schedules) → ``finish``.
 
-    from .data import PatchSampler, find_scenes, forward_model, load_scenes, split_scenes
-    from ..models.diffusion import progressive_patch_size
-    from .objectives import make_loss, predictor
+    The per-architecture parts (the loss, the predictor used for validation, which networks exist) are the
+    hooks of ``objectives.py`` (``make_loss``, ``predictor``) and ``build_models``; this class holds what
+    every run has: data, optimiser, schedule, checkpoints, validation, early stopping, export.
+    """
 
-    t0_wall, t0_cpu = time.time(), time.process_time()
-    device = resolve_device(cfg.device)
-    dist_info = setup_distributed(device)
-    if device.startswith("cuda") and dist_info.world > 1:
-        device = f"cuda:{dist_info.local_rank}"
-        torch.cuda.set_device(device)
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    say = log or (lambda m: None)
-    out_dir = Path(cfg.out_dir)
-    if dist_info.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    def __init__(self, cfg: TrainConfig, log: Callable[[str], None] | None = None):
+        import torch
 
-    # ---- data
-    if fm is None:
-        fm = forward_model(cfg.protocol, cfg.scale, cfg.psf_sigma, cfg.srf_file)
-    if scenes is None:
-        found = find_scenes(cfg.data)
-        tr_names, val_names = split_scenes(found, cfg.validation_scenes, cfg.train_scenes)
-        say(f"loading {len(tr_names)} training + {len(val_names)} validation scenes ({fm.name})")
-        scenes = load_scenes(found, tr_names, fm, cfg.prior)
-        val_scenes = load_scenes(found, val_names, fm, cfg.prior) if dist_info.main else []
-    recorded_scenes = list(scenes)  # the record names the real scenes, not their augmented copies
-    if cfg.spectral_augment:
-        from .data import spectral_variants
+        self.cfg = cfg
+        self.t0_wall, self.t0_cpu = time.time(), time.process_time()
+        self.elapsed_prev = (0.0, 0.0)
+        self.device = resolve_device(cfg.device)
+        self.dist = setup_distributed(self.device)
+        if self.device.startswith("cuda") and self.dist.world > 1:
+            self.device = f"cuda:{self.dist.local_rank}"
+            torch.cuda.set_device(self.device)
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        self.say = log or (lambda m: None)
+        self.out_dir = Path(cfg.out_dir)
+        if self.dist.main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.ckpt_path = self.out_dir / "checkpoint.pt"
+        self.best_path = self.out_dir / "best.pt"
+        self.csv_path = self.out_dir / "log.csv"
+        self.step_no, self.history, self.losses = 0, [], []
+        self.baselines = None
+        self._last_val: list = [None, {}]  # (step, result)
 
-        extra = spectral_variants(scenes, fm, cfg.spectral_augment, cfg.seed, cfg.prior)
-        say(f"spectral augmentation: {len(extra)} re-coloured copies of the {len(scenes)} training scenes")
-        scenes = list(scenes) + extra
-    if cfg.srf_augment or cfg.srf_augment_cameras:
-        from .data import add_srf_variants, srf_variants
+    # ---- setup
+    def load_data(self, scenes: Sequence | None = None, val_scenes: Sequence | None = None, fm=None) -> None:
+        """Scenes of the split (or the caller's), their augmented copies, and the patch samplers."""
+        from .data import PatchSampler, find_scenes, forward_model, load_scenes, split_scenes
 
-        srfs = srf_variants(fm, scenes[0].hr.shape[0], cfg.srf_augment_cameras, cfg.srf_augment, cfg.seed)
-        say(f"SRF augmentation: {len(srfs)} extra response curves ({', '.join(n for n, _ in srfs)})")
-        add_srf_variants(scenes, fm, srfs, cfg.prior)
-    val_scenes = list(val_scenes or [])
-    bands, msi_bands = scenes[0].hr.shape[0], scenes[0].msi.shape[0]
-    sampler = PatchSampler(scenes, fm.scale, cfg.patch, cfg.batch, cfg.seed + 1000 * dist_info.rank, cfg.noise_snr)
-    sampler_joint, val_joint, fm_joint = None, [], None
-    if cfg.joint_scale:
-        from .data import at_scale, rescaled_scenes
+        cfg, say, rank = self.cfg, self.say, self.dist.rank
+        if fm is None:
+            fm = forward_model(cfg.protocol, cfg.scale, cfg.psf_sigma, cfg.srf_file)
+        if scenes is None:
+            found = find_scenes(cfg.data)
+            tr_names, val_names = split_scenes(found, cfg.validation_scenes, cfg.train_scenes)
+            say(f"loading {len(tr_names)} training + {len(val_names)} validation scenes ({fm.name})")
+            scenes = load_scenes(found, tr_names, fm, cfg.prior)
+            val_scenes = load_scenes(found, val_names, fm, cfg.prior) if self.dist.main else []
+        self.recorded_scenes = list(scenes)  # the record names the real scenes, not their augmented copies
+        if cfg.spectral_augment:
+            from .data import spectral_variants
 
-        fm_joint = at_scale(fm, cfg.joint_scale)
-        say(f"joint training at x{cfg.joint_scale} too ({fm_joint.psf.name})")
-        sampler_joint = PatchSampler(rescaled_scenes(scenes, fm_joint, cfg.prior), cfg.joint_scale, cfg.patch, cfg.batch,
-                                     cfg.seed + 500 + 1000 * dist_info.rank, cfg.noise_snr)
-        val_joint = rescaled_scenes(val_scenes, fm_joint, cfg.prior)
+            extra = spectral_variants(scenes, fm, cfg.spectral_augment, cfg.seed, cfg.prior)
+            say(f"spectral augmentation: {len(extra)} re-coloured copies of the {len(scenes)} training scenes")
+            scenes = list(scenes) + extra
+        if cfg.srf_augment or cfg.srf_augment_cameras:
+            from .data import add_srf_variants, srf_variants
 
-    # ---- model, optimiser, schedule
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    net, teacher, adapter = build_models(cfg, bands, msi_bands, fm.scale)
-    if cfg.joint_scale and cfg.joint_scale not in tuple(getattr(net, "scales", ())):
-        raise UsageError(f"joint_scale x{cfg.joint_scale}: this network serves {tuple(getattr(net, 'scales', ()))}")
-    if cfg.init_weights:
-        from ..errors import ModelError
-        from ..weights import load_weights
+            srfs = srf_variants(fm, scenes[0].hr.shape[0], cfg.srf_augment_cameras, cfg.srf_augment, cfg.seed)
+            say(f"SRF augmentation: {len(srfs)} extra response curves ({', '.join(n for n, _ in srfs)})")
+            add_srf_variants(scenes, fm, srfs, cfg.prior)
+        self.fm, self.scenes, self.val_scenes = fm, scenes, list(val_scenes or [])
+        self.bands, self.msi_bands = scenes[0].hr.shape[0], scenes[0].msi.shape[0]
+        self.sampler = PatchSampler(scenes, fm.scale, cfg.patch, cfg.batch, cfg.seed + 1000 * rank, cfg.noise_snr)
+        self.sampler_joint, self.val_joint, self.fm_joint = None, [], None
+        if cfg.joint_scale:
+            from .data import at_scale, rescaled_scenes
 
-        state, rec = load_weights(cfg.init_weights)
-        try:
-            net.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            raise ModelError(f"--init-weights do not fit this network: {' '.join(str(e).split())[:200]}", cfg.init_weights) from None
-        say(f"initialised from {cfg.init_weights} ({rec.get('steps')} steps)")
-    w = cfg.weights
-    bundle = _bundle_cls()(net, make_loss(cfg.model, w, fm), w, teacher, adapter).to(device)
-    pred = predictor(cfg.model, net, cfg.val_steps, cfg.seed)
-    opt = torch.optim.AdamW(bundle.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
-    step, history, losses, elapsed_prev = 0, [], [], (0.0, 0.0)
-    ckpt_path = out_dir / "checkpoint.pt"
-    if cfg.resume:
-        if not ckpt_path.exists():
-            raise InputError("--resume: no checkpoint in the run folder", ckpt_path)
-        ck = load_checkpoint(ckpt_path, device)
-        bundle.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        step, history, losses = ck["step"], ck["history"], ck["losses"]
-        elapsed_prev = tuple(ck.get("elapsed", (0.0, 0.0)))
-        sampler.set_state(ck["sampler"][dist_info.rank] if dist_info.rank < len(ck["sampler"]) else ck["sampler"][0])
-        if sampler_joint is not None and ck.get("sampler_joint"):
-            sampler_joint.set_state(ck["sampler_joint"][min(dist_info.rank, len(ck["sampler_joint"]) - 1)])
+            self.fm_joint = at_scale(fm, cfg.joint_scale)
+            say(f"joint training at x{cfg.joint_scale} too ({self.fm_joint.psf.name})")
+            self.sampler_joint = PatchSampler(rescaled_scenes(scenes, self.fm_joint, cfg.prior), cfg.joint_scale,
+                                              cfg.patch, cfg.batch, cfg.seed + 500 + 1000 * rank, cfg.noise_snr)
+            self.val_joint = rescaled_scenes(self.val_scenes, self.fm_joint, cfg.prior)
+
+    def build(self) -> None:
+        """Networks (the architecture's hook), initial weights, loss bundle, predictor, optimiser and schedule."""
+        import torch
+
+        from .objectives import make_loss, predictor
+
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        net, teacher, adapter = build_models(cfg, self.bands, self.msi_bands, self.fm.scale)
+        if cfg.joint_scale and cfg.joint_scale not in tuple(getattr(net, "scales", ())):
+            raise UsageError(f"joint_scale x{cfg.joint_scale}: this network serves {tuple(getattr(net, 'scales', ()))}")
+        if cfg.init_weights:
+            from ..errors import ModelError
+            from ..weights import load_weights
+
+            state, rec = load_weights(cfg.init_weights)
+            try:
+                net.load_state_dict(state, strict=True)
+            except RuntimeError as e:
+                raise ModelError(f"--init-weights do not fit this network: {' '.join(str(e).split())[:200]}",
+                                 cfg.init_weights) from None
+            self.say(f"initialised from {cfg.init_weights} ({rec.get('steps')} steps)")
+        self.net = net
+        self.bundle = _bundle_cls()(net, make_loss(cfg.model, cfg.weights, self.fm), cfg.weights, teacher, adapter).to(self.device)
+        self.pred = predictor(cfg.model, net, cfg.val_steps, cfg.seed)
+        self.opt = torch.optim.AdamW(self.bundle.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg))
+        self.model = self.bundle
+        if self.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.model = DDP(self.bundle, device_ids=[self.device] if self.device.startswith("cuda") else None)
+
+    def resume(self) -> None:
+        """Everything the checkpoint holds, so that the run continues exactly as if never stopped."""
+        import torch
+
+        if not self.ckpt_path.exists():
+            raise InputError("--resume: no checkpoint in the run folder", self.ckpt_path)
+        ck = load_checkpoint(self.ckpt_path, self.device)
+        self.bundle.load_state_dict(ck["model"])
+        self.opt.load_state_dict(ck["optimizer"])
+        self.sched.load_state_dict(ck["scheduler"])
+        self.step_no, self.history, self.losses = ck["step"], ck["history"], ck["losses"]
+        self.elapsed_prev = tuple(ck.get("elapsed", (0.0, 0.0)))
+        rank = self.dist.rank
+        self.sampler.set_state(ck["sampler"][rank] if rank < len(ck["sampler"]) else ck["sampler"][0])
+        if self.sampler_joint is not None and ck.get("sampler_joint"):
+            self.sampler_joint.set_state(ck["sampler_joint"][min(rank, len(ck["sampler_joint"]) - 1)])
         torch.set_rng_state(ck["torch_rng"])
         random.setstate(ck["py_rng"])
-        say(f"resumed from step {step}")
-        if step >= cfg.steps:
-            say(f"checkpoint is already at step {step} >= steps {cfg.steps}")
-    model = bundle
-    if dist_info.world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
+        self.say(f"resumed from step {self.step_no}")
+        if self.step_no >= self.cfg.steps:
+            self.say(f"checkpoint is already at step {self.step_no} >= steps {self.cfg.steps}")
 
-        model = DDP(bundle, device_ids=[device] if device.startswith("cuda") else None)
+    def open_log(self) -> None:
+        """log.csv, one column per loss term in use (not top_level, a sampling share; not terms weighted 0)."""
+        cfg, w = self.cfg, self.cfg.weights
+        names = [k for k in w if k not in ("kd", "feat", "top_level") and w[k]]
+        names += ["kd", "feat", "teacher"] if cfg.distill else []
+        names += [f"joint_{k}" for k in names] if cfg.joint_scale else []
+        self.part_names = names
+        if self.dist.main and (not cfg.resume or not self.csv_path.exists()):
+            with open(self.csv_path, "w", newline="") as f:
+                csv.writer(f).writerow(["step", "loss", *names, "lr", "wall_s"])
+        if not cfg.resume and self.best_path.exists() and self.dist.main:
+            self.best_path.unlink()  # a fresh run in an old folder: that run's best is not this one's
 
-    csv_path = out_dir / "log.csv"
-    # one column per loss term in use: not top_level (a sampling share), not terms weighted 0
-    part_names = [k for k in w if k not in ("kd", "feat", "top_level") and w[k]]
-    part_names += ["kd", "feat", "teacher"] if cfg.distill else []
-    part_names += [f"joint_{k}" for k in part_names] if cfg.joint_scale else []
-    fields_csv = ["step", "loss", *part_names, "lr", "wall_s"]
-    if dist_info.main and (not cfg.resume or not csv_path.exists()):
-        with open(csv_path, "w", newline="") as f:
-            csv.writer(f).writerow(fields_csv)
+    # ---- one step, validation, checkpoints
+    def step(self) -> float:
+        """One optimiser step on the next batch; returns the loss (and logs it)."""
+        import torch
 
-    baselines = None
-    last_val: list = [None, {}]  # (step, result)
-    best_path = out_dir / "best.pt"
-    if not cfg.resume and best_path.exists() and dist_info.main:
-        best_path.unlink()  # a fresh run in an old folder: that run's best is not this one's
+        from ..models.diffusion import progressive_patch_size
 
-    def keep_if_best(res: dict[str, Any]) -> None:
-        """Early stopping on the validation split: keep the weights of the best validation so far (a file, so a
-        resumed run still knows it)."""
-        psnr = float(res["model"]["mean"]["psnr"])
-        if best_path.exists() and torch.load(best_path, map_location="cpu", weights_only=True)["psnr"] >= psnr:
-            return
-        state = {k: v.detach().float().cpu().clone() for k, v in bundle.net.state_dict().items()}
-        tmp = best_path.with_name(best_path.name + ".tmp")
-        torch.save({"step": step, "psnr": psnr, "model": state}, tmp)
-        os.replace(tmp, best_path)
+        cfg = self.cfg
+        to_t = lambda a: None if a is None else torch.from_numpy(a).to(self.device, non_blocking=True)  # noqa: E731
+        patch = progressive_patch_size(self.step_no, cfg.patch_schedule) if cfg.patch_schedule else None
+        lr_t, msi_t, pr_t, hr_t = map(to_t, self.sampler.next(patch))
+        joint = tuple(map(to_t, self.sampler_joint.next(patch))) if self.sampler_joint is not None else ()
+        with _autocast(self.device):
+            parts = self.model(lr_t, msi_t, pr_t, hr_t, *joint)
+        loss = sum(v.float() for v in parts.values())
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.bundle.parameters(), cfg.clip)
+        self.opt.step()
+        self.sched.step()
+        self.step_no += 1
+        lv = float(loss.detach())
+        if not math.isfinite(lv):
+            raise InputError(f"loss became {lv} at step {self.step_no}: lower --lr or check the data")
+        self.losses.append(lv)
+        if self.dist.main:
+            row = [self.step_no, lv] + [float(parts[k].detach()) if k in parts else "" for k in self.part_names]
+            with open(self.csv_path, "a", newline="") as f:
+                csv.writer(f).writerow(row + [self.sched.get_last_lr()[0], round(self.elapsed()[0], 2)])
+        return lv
 
-    def run_validation() -> dict[str, Any]:
-        nonlocal baselines
-        if last_val[0] == step:
-            return last_val[1]
-        res = validate(pred, val_scenes, fm.scale, device, cfg.val_tile, baselines)
-        baselines = {k: res[k] for k in ("gsa", "bicubic") if k in res} if "gsa" in res else None
-        if val_joint:  # the second scale factor's numbers ride along (not in the history's means)
-            res = {**res, "joint_scale": {"scale": cfg.joint_scale, "psf": fm_joint.psf.name,
-                                          **validate(pred, val_joint, cfg.joint_scale, device, cfg.val_tile)}}
-        last_val[:] = [step, res]
-        net.train()
+    def validate(self) -> dict[str, Any]:
+        """Metrics on the validation scenes at this step (computed once per step; gsa/bicubic once per run)."""
+        if self._last_val[0] == self.step_no:
+            return self._last_val[1]
+        cfg = self.cfg
+        res = validate(self.pred, self.val_scenes, self.fm.scale, self.device, cfg.val_tile, self.baselines)
+        self.baselines = {k: res[k] for k in ("gsa", "bicubic") if k in res} if "gsa" in res else None
+        if self.val_joint:  # the second scale factor's numbers ride along (not in the history's means)
+            res = {**res, "joint_scale": {"scale": cfg.joint_scale, "psf": self.fm_joint.psf.name,
+                                          **validate(self.pred, self.val_joint, cfg.joint_scale, self.device, cfg.val_tile)}}
+        self._last_val[:] = [self.step_no, res]
+        self.net.train()
         return res
 
-    def save_checkpoint() -> None:
-        states = [sampler.state()]
-        joint_states = [sampler_joint.state()] if sampler_joint is not None else []
-        if dist_info.world > 1:
+    def validate_and_record(self) -> None:
+        if self.dist.main and self.val_scenes:
+            res = self.validate()
+            self.history.append({"step": self.step_no, "wall_s": self.elapsed()[0],
+                                 **{k: res[k]["mean"] for k in res if k not in ("conventions", "joint_scale")}})
+            self.say(f"step {self.step_no}: val PSNR model {res['model']['mean']['psnr']:.3f}"
+                     + (f" gsa {res['gsa']['mean']['psnr']:.3f}" if "gsa" in res else ""))
+            if self.cfg.keep_best:
+                self.keep_if_best(res)
+        _barrier(self.dist)
+
+    def keep_if_best(self, res: dict[str, Any]) -> None:
+        """Early stopping on the validation split: keep the weights of the best validation so far (a file, so a
+        resumed run still knows it)."""
+        import torch
+
+        psnr = float(res["model"]["mean"]["psnr"])
+        if self.best_path.exists() and torch.load(self.best_path, map_location="cpu", weights_only=True)["psnr"] >= psnr:
+            return
+        state = {k: v.detach().float().cpu().clone() for k, v in self.bundle.net.state_dict().items()}
+        tmp = self.best_path.with_name(self.best_path.name + ".tmp")
+        torch.save({"step": self.step_no, "psnr": psnr, "model": state}, tmp)
+        os.replace(tmp, self.best_path)
+
+    def save_checkpoint(self) -> None:
+        import torch
+
+        states = [self.sampler.state()]
+        joint_states = [self.sampler_joint.state()] if self.sampler_joint is not None else []
+        if self.dist.world > 1:
             import torch.distributed as dist
 
-            states = [None] * dist_info.world
-            dist.all_gather_object(states, sampler.state())
-            if sampler_joint is not None:
-                joint_states = [None] * dist_info.world
-                dist.all_gather_object(joint_states, sampler_joint.state())
-        if dist_info.main:
-            wall, cpu = elapsed()
+            states = [None] * self.dist.world
+            dist.all_gather_object(states, self.sampler.state())
+            if self.sampler_joint is not None:
+                joint_states = [None] * self.dist.world
+                dist.all_gather_object(joint_states, self.sampler_joint.state())
+        if self.dist.main:
             _atomic_torch_save({
-                "model": bundle.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "step": step, "history": history, "losses": losses, "sampler": states, "sampler_joint": joint_states,
-                "torch_rng": torch.get_rng_state(), "py_rng": random.getstate(), "config": cfg.to_dict(),
-                "elapsed": (wall, cpu),
-            }, ckpt_path)
+                "model": self.bundle.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(), "step": self.step_no, "history": self.history,
+                "losses": self.losses, "sampler": states, "sampler_joint": joint_states,
+                "torch_rng": torch.get_rng_state(), "py_rng": random.getstate(), "config": self.cfg.to_dict(),
+                "elapsed": self.elapsed(),
+            }, self.ckpt_path)
 
-    def elapsed() -> tuple[float, float]:
-        return elapsed_prev[0] + time.time() - t0_wall, elapsed_prev[1] + time.process_time() - t0_cpu
+    def elapsed(self) -> tuple[float, float]:
+        """(wall, CPU) seconds of the whole run, earlier sessions of a resumed run included."""
+        return (self.elapsed_prev[0] + time.time() - self.t0_wall,
+                self.elapsed_prev[1] + time.process_time() - self.t0_cpu)
 
-    bar = None
-    if progress and dist_info.main:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    # ---- the loop and the end
+    def run(self, on_step: Callable[[int, int, float], None] | None = None) -> str | None:
+        """Steps until ``cfg.steps`` (or a stop); returns why it stopped early (None: it did not)."""
+        cfg = self.cfg
+        self.bundle.train()
+        start = self.step_no
+        while self.step_no < cfg.steps:
+            if cfg.stop_after and self.step_no - start >= cfg.stop_after:
+                return "stop_after"
+            if cfg.time_limit_min and _agree_stop(time.time() - self.t0_wall > 60 * cfg.time_limit_min, self.dist):
+                self.say(f"time limit reached at step {self.step_no}")
+                return "time_limit"
+            lv = self.step()
+            if on_step is not None:
+                on_step(self.step_no, cfg.steps, lv)
+            if self.step_no % cfg.val_every == 0 or self.step_no == cfg.steps:
+                self.validate_and_record()
+            if self.step_no % cfg.checkpoint_every == 0 or self.step_no == cfg.steps:
+                self.save_checkpoint()
+        return None
 
-        from rich.console import Console
+    def finish(self, stopped: str | None) -> TrainResult:
+        """Final validation (early stopping: the best step's weights), log.json, export of weights + record."""
+        import torch
 
-        err = Console(stderr=True, highlight=False)  # the library never imports the CLI
+        cfg, step = self.cfg, self.step_no
+        if stopped and step % cfg.checkpoint_every:
+            self.save_checkpoint()
+        final_val: dict[str, Any] = {}
+        if self.dist.main and self.val_scenes and stopped != "stop_after":
+            final_val = self.validate()
+            if cfg.keep_best:
+                self.keep_if_best(final_val)
+                best = torch.load(self.best_path, map_location="cpu", weights_only=True)
+                if best["step"] != step:  # an earlier validation was better: export those weights, validated again
+                    self.bundle.net.load_state_dict(best["model"])
+                    self.say(f"keeping the weights of step {best['step']} (validation PSNR {best['psnr']:.3f} dB; "
+                             f"step {step}: {final_val['model']['mean']['psnr']:.3f})")
+                    self._last_val[0] = None
+                    final_val = self.validate()
+                    final_val["selected_step"] = int(best["step"])
+        wall, cpu = self.elapsed()
+        result = TrainResult(step, str(self.out_dir), wall, cpu, self.device, self.dist.world,
+                             self.losses[-1] if self.losses else float("nan"), list(self.losses), final_val,
+                             checkpoint=str(self.ckpt_path))
+        if self.dist.main:
+            self._write_log(result)
+            if cfg.export and stopped == "stop_after":
+                result.export_skipped = (f"not exported: stopped at step {step} of {cfg.steps} (--stop-after); "
+                                         "--resume to finish")
+            elif cfg.export:
+                from .export import export_run
 
-        bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                       TimeRemainingColumn(), console=err, transient=False)
-        bar.start()
-        task = bar.add_task("train", total=cfg.steps, completed=step, info="")
+                exported, why = export_run(cfg, self.bundle.net, self.fm, result, self.recorded_scenes, self.val_scenes)
+                result.exported, result.export_skipped = exported, why
+                self._write_log(result)
+        _barrier(self.dist)
+        if self.dist.initialised_here:
+            import torch.distributed as dist
 
-    to_t = lambda a: None if a is None else torch.from_numpy(a).to(device, non_blocking=True)
-    bundle.train()
-    start_step, stopped = step, None
+            dist.destroy_process_group()
+        return result
+
+    def _write_log(self, result: TrainResult) -> None:
+        (self.out_dir / "log.json").write_text(json.dumps({"config": self.cfg.to_dict(), "history": self.history,
+                                                           "result": _plain(result.to_dict())}, indent=2) + "\n")
+
+
+def rich_progress(total: int, start: int = 0):
+    """A rich progress bar on stderr as an ``on_step`` callback, and the function that closes it."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    err = Console(stderr=True, highlight=False)  # the library never imports the CLI
+    bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                   TimeRemainingColumn(), console=err, transient=False)
+    bar.start()
+    task = bar.add_task("train", total=total, completed=start, info="")
+    return (lambda step, _total, loss: bar.update(task, completed=step, info=f"loss {loss:.4g}")), bar.stop
+
+
+def train(cfg: TrainConfig, progress: bool = False, scenes: Sequence | None = None, val_scenes: Sequence | None = None,
+          fm=None, log: Callable[[str], None] | None = None,
+          on_step: Callable[[int, int, float], None] | None = None) -> TrainResult:
+    """Train (or resume) the run described by ``cfg``; ``scenes``/``val_scenes``/``fm`` override the data (tests).
+
+    ``on_step(step, steps, loss)`` is called after every step (``progress=True``: a rich bar on stderr).
+    """
+    run = TrainingRun(cfg, log)
+    run.load_data(scenes, val_scenes, fm)
+    run.build()
+    if cfg.resume:
+        run.resume()
+    run.open_log()
+    close = None
+    if on_step is None and progress and run.dist.main:
+        on_step, close = rich_progress(cfg.steps, run.step_no)
     try:
-        while step < cfg.steps:
-            if cfg.stop_after and step - start_step >= cfg.stop_after:
-                stopped = "stop_after"
-                break
-            if cfg.time_limit_min and _agree_stop(time.time() - t0_wall > 60 * cfg.time_limit_min, dist_info):
-                stopped = "time_limit"
-                say(f"time limit reached at step {step}")
-                break
-            patch = progressive_patch_size(step, cfg.patch_schedule) if cfg.patch_schedule else None
-            lr_np, msi_np, pr_np, hr_np = sampler.next(patch)
-            lr_t, msi_t, pr_t, hr_t = map(to_t, (lr_np, msi_np, pr_np, hr_np))
-            joint = tuple(map(to_t, sampler_joint.next(patch))) if sampler_joint is not None else ()
-            with _autocast(device):
-                parts = model(lr_t, msi_t, pr_t, hr_t, *joint)
-            loss = sum(v.float() for v in parts.values())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip > 0:
-                torch.nn.utils.clip_grad_norm_(bundle.parameters(), cfg.clip)
-            opt.step()
-            sched.step()
-            step += 1
-            lv = float(loss.detach())
-            if not math.isfinite(lv):
-                raise InputError(f"loss became {lv} at step {step}: lower --lr or check the data")
-            losses.append(lv)
-            if dist_info.main:
-                row = [step, lv] + [float(parts[k].detach()) if k in parts else "" for k in part_names]
-                with open(csv_path, "a", newline="") as f:
-                    csv.writer(f).writerow(row + [sched.get_last_lr()[0], round(elapsed()[0], 2)])
-            if bar is not None:
-                bar.update(task, completed=step, info=f"loss {lv:.4g}")
-            if step % cfg.val_every == 0 or step == cfg.steps:
-                if dist_info.main and val_scenes:
-                    res = run_validation()
-                    history.append({"step": step, "wall_s": elapsed()[0], **{k: res[k]["mean"] for k in res if k not in ("conventions", "joint_scale")}})
-                    say(f"step {step}: val PSNR model {res['model']['mean']['psnr']:.3f}"
-                        + (f" gsa {res['gsa']['mean']['psnr']:.3f}" if "gsa" in res else ""))
-                    if cfg.keep_best:
-                        keep_if_best(res)
-                _barrier(dist_info)
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                save_checkpoint()
+        stopped = run.run(on_step)
     finally:
-        if bar is not None:
-            bar.stop()
-    if stopped and step % cfg.checkpoint_every:
-        save_checkpoint()
-
-    final_val: dict[str, Any] = {}
-    if dist_info.main and val_scenes and stopped != "stop_after":
-        final_val = run_validation()
-        if cfg.keep_best:
-            keep_if_best(final_val)
-            best = torch.load(best_path, map_location="cpu", weights_only=True)
-            if best["step"] != step:  # an earlier validation was better: export those weights, validated again
-                bundle.net.load_state_dict(best["model"])
-                say(f"keeping the weights of step {best['step']} (validation PSNR {best['psnr']:.3f} dB; "
-                    f"step {step}: {final_val['model']['mean']['psnr']:.3f})")
-                last_val[0] = None
-                final_val = run_validation()
-                final_val["selected_step"] = int(best["step"])
-    wall, cpu = elapsed()
-    result = TrainResult(step, str(out_dir), wall, cpu, device, dist_info.world, losses[-1] if losses else float("nan"),
-                         list(losses), final_val, checkpoint=str(ckpt_path))
-    if dist_info.main:
-        (out_dir / "log.json").write_text(json.dumps({"config": cfg.to_dict(), "history": history,
-                                                      "result": _plain(result.to_dict())}, indent=2) + "\n")
-        if cfg.export and stopped == "stop_after":
-            result.export_skipped = f"not exported: stopped at step {step} of {cfg.steps} (--stop-after); --resume to finish"
-        elif cfg.export:
-            from .export import export_run
-
-            exported, why = export_run(cfg, bundle.net, fm, result, recorded_scenes, val_scenes)
-            result.exported, result.export_skipped = exported, why
-            (out_dir / "log.json").write_text(json.dumps({"config": cfg.to_dict(), "history": history,
-                                                          "result": _plain(result.to_dict())}, indent=2) + "\n")
-    _barrier(dist_info)
-    if dist_info.initialised_here:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
-    return result
+        if close is not None:
+            close()
+    return run.finish(stopped)
 
 
 def _agree_stop(flag: bool, d: DistInfo) -> bool:

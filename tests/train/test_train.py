@@ -250,6 +250,38 @@ def test_cli_train_json(tmp_path, synth_dir):
     assert r.exit_code == 1 and "checkpoint" in r.output
 
 
+def test_cli_options_reach_the_config(tmp_path, monkeypatch):
+    """`hsfuse train` is built from TrainConfig's fields: every kind of option lands in its field, and an
+    option not given leaves the field to the TOML file or the default."""
+    from typer.testing import CliRunner
+
+    import hsfuse.train.loop as loop
+    from hsfuse.cli import app
+
+    seen = {}
+
+    def fake_train(cfg, **kw):
+        seen["cfg"] = cfg
+        raise UsageError("stop here")
+
+    monkeypatch.setattr(loop, "train", fake_train)
+    r = CliRunner().invoke(app, ["train", str(tmp_path), "--val-scenes", "a, b", "--model", "mftn",
+                                 "--model-kwargs", '{"nf": 8}', "--no-prior", "--patch-schedule", "0:16,4:32",
+                                 "--lr", "0.002", "--srf-tolerance", "25", "--time-limit", "1.5", "--export-always",
+                                 "--keep-best", "--steps", "7"])
+    assert r.exit_code == 2 and "stop here" in r.output
+    cfg = seen["cfg"]
+    assert cfg.data == (str(tmp_path),) and cfg.validation_scenes == ("a", "b") and cfg.model == "mftn"
+    assert dict(cfg.model_kwargs) == {"nf": 8} and cfg.prior is False and cfg.patch_schedule == ((0, 16), (4, 32))
+    assert cfg.lr == 0.002 and cfg.srf_tolerance_nm == 25 and cfg.time_limit_min == 1.5 and cfg.steps == 7
+    assert cfg.export_if_better is False and cfg.keep_best is True and cfg.resume is False
+    (tmp_path / "run.toml").write_text('steps = 11\nprior = false\n')
+    CliRunner().invoke(app, ["train", "--config", str(tmp_path / "run.toml"), "--batch", "3"])
+    cfg = seen["cfg"]
+    assert cfg.steps == 11 and cfg.prior is False and cfg.batch == 3 and cfg.export_if_better is True
+    assert cfg.validation_scenes == TrainConfig().validation_scenes
+
+
 # ----------------------------------------------------------------------------- the other trainable models
 
 ZOO_KW = {
