@@ -66,7 +66,8 @@ def trained_weights(candidates: list[Path]) -> dict[tuple[str, int], tuple[Path,
 
 def networks(weights: dict) -> dict[str, tuple[torch.nn.Module, str]]:
     """Every architecture for 31 bands + RGB: the trained configuration where weights exist, else default widths."""
-    from hsfuse.models import csakd, hsrdiff, zoo_fuser
+    from hsfuse.models import hsrdiff, zoo_fuser
+    from hsfuse.models.networks import csakd
     from hsfuse.weights import read_record
 
     def trained(model: str):

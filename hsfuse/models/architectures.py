@@ -38,17 +38,17 @@ _CSAKD_PAPER = "CSAKD, Hsu et al., arXiv 2406.19666 (2024); S3RNet describes the
 _CSAKD_LOSS = {"l1": 1.0, "kd": 0.5, "feat": 0.1, "beba": 0.1, "sam": 0.05}
 
 ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
-    Architecture("csakd-student", "hsfuse.models.csakd:student_from_record", "csakd-s", "student", _CSAKD_PAPER, _CSAKD_LOSS),
-    Architecture("csakd-teacher", "hsfuse.models.csakd:teacher_from_record", "csakd-s", "teacher", _CSAKD_PAPER, _CSAKD_LOSS),
-    Architecture("mftn", "hsfuse.models.mftn:MFTN", "mftn", "mftn", "Huang et al., ICML 2024 (MFTN, IMatchFormer)",
+    Architecture("csakd-student", "hsfuse.models.networks.csakd:student_from_record", "csakd-s", "student", _CSAKD_PAPER, _CSAKD_LOSS),
+    Architecture("csakd-teacher", "hsfuse.models.networks.csakd:teacher_from_record", "csakd-s", "teacher", _CSAKD_PAPER, _CSAKD_LOSS),
+    Architecture("mftn", "hsfuse.models.networks.mftn:MFTN", "mftn", "mftn", "Huang et al., ICML 2024 (MFTN, IMatchFormer)",
                  {"l1": 1.0, "grad": 0.1, "sam": 0.05, "transfer": 0.01}),
-    Architecture("hyfusion", "hsfuse.models.hyfusion:HyFusion", "hyfusion", "hyfusion",
+    Architecture("hyfusion", "hsfuse.models.networks.hyfusion:HyFusion", "hyfusion", "hyfusion",
                  "Hsu, Lee, Kang et al., HyFusion (arXiv 2501.04665)", {"l1": 1.0, "sam": 0.1, "swt": 0.1}),
-    Architecture("mulsr", "hsfuse.models.mulsr:MulSR", "mulsr", "mulsr",
+    Architecture("mulsr", "hsfuse.models.networks.mulsr:MulSR", "mulsr", "mulsr",
                  "MulSR, Multi-Scale Factor Joint Learning for HSI SR (IEEE TGRS)", {"small": 1.0, "large": 1.0, "sam": 0.0}),
-    Architecture("refine", "hsfuse.models.refine:RefineNet", "refine", "refine",
+    Architecture("refine", "hsfuse.models.networks.refine:RefineNet", "refine", "refine",
                  "ours (hsfuse issue 20): GSA-residual CNN, half-resolution body", {"l1": 1.0, "beba": 0.0, "sam": 0.1}),
-    Architecture("hsrdiff-cdformer", "hsfuse.models.hsrdiff:CDFormer", "hsr-diff", "hsr-diff",
+    Architecture("hsrdiff-cdformer", "hsfuse.models.networks.cdformer:CDFormer", "hsr-diff", "hsr-diff",
                  "Wu et al., HSR-Diff, ICCV 2023 (arXiv 2306.12085)",
                  {"l1": 1.0, "spatial": 0.5, "spectral": 0.5, "top_level": 0.0}),
 )}

@@ -41,11 +41,11 @@ def build_net(model: str, bands: int, msi_bands: int, scale: int, prior: bool, o
 
 def _build_net(model: str, bands: int, msi_bands: int, scale: int, prior: bool, over: dict[str, Any]):
     if model in ("student", "teacher"):
-        from ..models.csakd import build_csakd
+        from ..models.networks.csakd import build_csakd
 
         return build_csakd(model, bands, msi_bands, prior=prior, **over)
     if model == "hsr-diff":
-        from ..models.hsrdiff import build_cdformer
+        from ..models.networks.cdformer import build_cdformer
 
         return build_cdformer(bands, msi_bands, prior=prior, **over)
     return spec(model).build({"bands": bands, "msi_bands": msi_bands, "scale": scale, "prior": prior, **over})
@@ -76,7 +76,7 @@ def make_loss(model: str, weights: Mapping[str, float], fm=None) -> Callable:
 
         return csakd
     if model == "mftn":
-        from ..models.mftn import mftn_loss
+        from ..models.networks.mftn import mftn_loss
 
         def mftn(net, lr, msi, prior, hr):
             out, aux = net(lr, msi, prior, return_aux=True)
@@ -86,7 +86,7 @@ def make_loss(model: str, weights: Mapping[str, float], fm=None) -> Callable:
 
         return mftn
     if model == "hyfusion":
-        from ..models.hyfusion import hyfusion_loss
+        from ..models.networks.hyfusion import hyfusion_loss
 
         def hyfusion(net, lr, msi, prior, hr):
             out = net(lr, msi, prior).float()
@@ -96,7 +96,7 @@ def make_loss(model: str, weights: Mapping[str, float], fm=None) -> Callable:
 
         return hyfusion
     if model == "mulsr":
-        from ..models.mulsr import mulsr_loss
+        from ..models.networks.mulsr import mulsr_loss
 
         def mulsr(net, lr, msi, prior, hr):
             out = net(lr, msi, prior)
@@ -139,7 +139,7 @@ def predictor(model: str, net, diffusion_steps: int = 8, seed: int = 0):
     from torch import nn
 
     if model == "mulsr":
-        from ..models.mulsr import SelectOutput
+        from ..models.networks.mulsr import SelectOutput
 
         return SelectOutput(net)
     if model == "hsr-diff":

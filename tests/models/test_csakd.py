@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from hsfuse.models.architectures import build_network as build_from_record  # noqa: E402
-from hsfuse.models.csakd import CSAKDNet, S3RNet, build_csakd, default_widths  # noqa: E402
+from hsfuse.models.networks.csakd import CSAKDNet, S3RNet, build_csakd, default_widths  # noqa: E402
 from hsfuse.models.csakd_fuser import run_tiled  # noqa: E402
 
 

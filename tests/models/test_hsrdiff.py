@@ -15,9 +15,8 @@ from hsfuse.fusion.base import FusionProblem  # noqa: E402
 from hsfuse.fusion.engine import FuseConfig, fuse_arrays  # noqa: E402
 from hsfuse.models import diffusion as D  # noqa: E402
 from hsfuse.models import registry  # noqa: E402
-from hsfuse.models.hsrdiff import (  # noqa: E402
-    CDFormer, HSRDiffFuser, build_cdformer, count_parameters,
-)
+from hsfuse.models.hsrdiff import HSRDiffFuser  # noqa: E402
+from hsfuse.models.networks.cdformer import CDFormer, build_cdformer, count_parameters  # noqa: E402
 from hsfuse.weights import save_weights  # noqa: E402
 from hsfuse.models.architectures import build_network as build_from_record  # noqa: E402
 

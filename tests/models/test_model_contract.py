@@ -36,12 +36,12 @@ NOT_TILE_EXACT = {"hyfusion": "shifted-window attention: tile seams are blended 
 def _tiny_network(name: str):
     """(architecture name for the record, untrained tiny network, extra record fields) for a weight-backed entry."""
     if name == "csakd-s":
-        from hsfuse.models.csakd import build_csakd
+        from hsfuse.models.networks.csakd import build_csakd
 
         return "csakd-student", build_csakd("student", BANDS, MSI_BANDS, prior=True, nf=8, heads=2), {}
     if name == "hsr-diff":
         from hsfuse.models import diffusion as D
-        from hsfuse.models.hsrdiff import CDFormer
+        from hsfuse.models.networks.cdformer import CDFormer
 
         net = CDFormer(bands=BANDS, msi_bands=MSI_BANDS, width=8, depth=2, heads=2, window=3, ffn_expansion=1.5,
                        emb_dim=16)

@@ -17,9 +17,9 @@ import torch.nn.functional as F  # noqa: E402
 
 from hsfuse.errors import ModelError  # noqa: E402
 from hsfuse.fusion.base import FusionProblem  # noqa: E402
-from hsfuse.models.hyfusion import hyfusion_loss  # noqa: E402
-from hsfuse.models.mftn import mftn_loss, modulated_deform_conv2d  # noqa: E402
-from hsfuse.models.mulsr import MulSR, SelectOutput, mulsr_loss  # noqa: E402
+from hsfuse.models.networks.hyfusion import hyfusion_loss  # noqa: E402
+from hsfuse.models.networks.mftn import mftn_loss, modulated_deform_conv2d  # noqa: E402
+from hsfuse.models.networks.mulsr import MulSR, SelectOutput, mulsr_loss  # noqa: E402
 from hsfuse.models.architectures import ARCHITECTURES, build_network  # noqa: E402
 from hsfuse.models.zoo_fuser import NetworkFuser  # noqa: E402
 
@@ -149,7 +149,7 @@ def test_mulsr_two_outputs_and_selection():
 
 
 def test_mulsr_sam_term_is_the_spectral_angle_of_the_large_output():
-    from hsfuse.models.mulsr import MulSROutput
+    from hsfuse.models.networks.mulsr import MulSROutput
 
     gt = torch.rand(2, 31, 8, 8) + 0.1
     scaled = MulSROutput(gt * 0.5, gt * 3.0)  # same spectra, other brightness: zero angle, nonzero L1
@@ -435,7 +435,7 @@ def test_receptive_radius_bounds_the_dependence(arch, scale, extra):
 def test_tiled_equals_untiled_with_receptive_halo(arch, scale):
     """With the receptive-radius halo, tiles cut on the window/stride grid reproduce the untiled result."""
     from hsfuse.models.csakd_fuser import run_tiled
-    from hsfuse.models.mulsr import SelectOutput
+    from hsfuse.models.networks.mulsr import SelectOutput
 
     torch.manual_seed(0)
     net = build_network(arch, {"bands": 5, "msi_bands": 3, "scale": scale, **TINY[arch]})

@@ -193,7 +193,7 @@ def test_keep_best_exports_the_best_validation(tmp_path, synth):
 
 
 def test_export_skipped_when_not_better_than_gsa(tmp_path, synth):
-    from hsfuse.models.csakd import build_csakd
+    from hsfuse.models.networks.csakd import build_csakd
     from hsfuse.train.export import export_run
     from hsfuse.train.loop import TrainResult
 

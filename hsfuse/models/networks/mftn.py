@@ -49,7 +49,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .common import check_inputs, residual_base, spectral_angle_loss
+from ..common import check_inputs, residual_base, spectral_angle_loss
 from torch import nn
 
 __all__ = ["MFTN", "IMatchFormer", "SAAM", "modulated_deform_conv2d", "mftn_loss", "DEFAULT_LOSS_WEIGHTS"]

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import check_inputs, residual_base, spectral_angle_loss
+from ..common import check_inputs, residual_base, spectral_angle_loss
 from .mftn import LayerNorm2d
 
 __all__ = ["HyFusion", "ERFB", "ISTL", "hyfusion_loss", "DEFAULT_LOSS_WEIGHTS"]

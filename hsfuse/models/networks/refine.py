@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import check_inputs, residual_base, upsample
+from ..common import check_inputs, residual_base, upsample
 
 __all__ = ["RefineNet"]
 

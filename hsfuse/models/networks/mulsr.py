@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import check_inputs, spectral_angle_loss
+from ..common import check_inputs, spectral_angle_loss
 
 __all__ = ["MulSR", "MulSROutput", "SelectOutput", "DSCA", "mulsr_loss", "RECIPE"]
 

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import check_inputs, residual_base
+from ..common import check_inputs, residual_base
 
 def _round_up(x: float, m: int) -> int:
     return int(max(m, math.ceil(x / m) * m))
