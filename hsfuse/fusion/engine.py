@@ -256,6 +256,9 @@ def _srf_mismatch(rec: WeightsRecord, srf: np.ndarray | None, protocol: str | No
 
     if protocol is not None and protocol.lower() == rec.protocol.lower():
         return None
+    measured = rec.protocol_validation(protocol)
+    if measured is not None and measured["worst"] > 0:  # measured with that preset's SRF too
+        return None
     trained = rec.srf_summary
     if srf is None:
         return f"the MSI's SRF is unknown (give --protocol {rec.protocol} or --srf to use it)"
@@ -285,6 +288,12 @@ def _psf_mismatch(rec: WeightsRecord, psf: Psf | None, protocol: str | None, tol
     trained = rec.protocol
     if protocol is not None and protocol.lower() == trained.lower():
         return None
+    measured = rec.protocol_validation(protocol)
+    if measured is not None:  # measured under the pair's preset: that decides, not the kernel distance
+        if measured["worst"] > 0:
+            return None
+        return (f"measured under {protocol}, it is below gsa on a held-out scene ({measured['worst']:+.2f} dB; "
+                f"trained under {trained})")
     if psf is None or not trained:
         return None if psf is None else "its training PSF is not recorded"
     from ..forward.psf import psf_distance
@@ -319,6 +328,13 @@ def _too_slow(rec: WeightsRecord, scale: int, device: str | None) -> str | None:
     return f"on a CPU it costs {ratio:.1f}x gsa (default limit {MAX_CPU_COST_VS_GSA:g}x; ask for it with --model)"
 
 
+def _gain(rec: WeightsRecord, scale: int, protocol: str | None) -> float | None:
+    """The gain over gsa that ranks fitting weights: measured under the pair's preset when it was, else the
+    record's own validation."""
+    measured = rec.protocol_validation(protocol) if protocol and protocol.lower() != rec.protocol.lower() else None
+    return measured["gain"] if measured is not None else rec.validation_gain(scale)
+
+
 def choose_model(lr: CubeSource, msi: CubeSource, scale: int, srf: np.ndarray | None = None,
                  protocol: str | None = None, psf: Psf | None = None,
                  device: str | None = None) -> tuple[ModelEntry, Path | None, str]:
@@ -335,17 +351,23 @@ def choose_model(lr: CubeSource, msi: CubeSource, scale: int, srf: np.ndarray | 
                 mismatch = _psf_mismatch(rec, psf, protocol) or _srf_mismatch(rec, srf, protocol, lr.meta.wavelengths)
                 too_slow = None if mismatch else _too_slow(rec, scale, device)
                 if too_slow:
-                    slow.append((rec.validation_gain(scale), entry.name, too_slow))
+                    slow.append((_gain(rec, scale, protocol), entry.name, too_slow))
                     mismatch = too_slow
                 if mismatch is None:
-                    fits.append((rec.validation_gain(scale), entry, path, rec.srf_tolerance_nm))
+                    fits.append((_gain(rec, scale, protocol), entry, path, rec.srf_tolerance_nm))
                 else:
                     reasons.append(f"'{entry.name}' ({path.name}) not used: {mismatch}")
     if fits:
         # best recorded gain first; weights without one after all that have one; ties keep registry order
         gain, entry, path, tol = min(fits, key=lambda f: (f[0] is None, -(f[0] or 0.0)))  # min() keeps the first of ties
-        why = (f"pretrained '{entry.name}' chosen: weights {path.name} fit the inputs and the SRF matches its "
-               f"training SRF{'s' if tol > 10 else ''} (within {tol:g} nm)")
+        rec = read_record(path)
+        measured = rec.protocol_validation(protocol) if protocol and protocol.lower() != rec.protocol.lower() else None
+        if measured is not None:
+            why = (f"pretrained '{entry.name}' chosen: weights {path.name} (trained under {rec.protocol}) were measured "
+                   f"under {protocol}: {measured['gain']:+.2f} dB over gsa on the held-out scenes, every one above")
+        else:
+            why = (f"pretrained '{entry.name}' chosen: weights {path.name} fit the inputs and the SRF matches its "
+                   f"training SRF{'s' if tol > 10 else ''} (within {tol:g} nm)")
         if len(fits) > 1:
             shown = "not recorded" if gain is None else f"{gain:+.2f} dB"
             why += f"; the largest validation gain over gsa at x{scale} ({shown}) of {len(fits)} fitting weights"

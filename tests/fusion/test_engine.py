@@ -299,6 +299,41 @@ def test_default_choice_follows_the_recorded_validation_gain(tmp_path, monkeypat
     assert WeightsRecord.of({"cpu_cost_vs_gsa": "garbage"}).cpu_cost_vs_gsa(8) is None
 
 
+@pytest.mark.skipif(not registry.get_model("refine").available, reason="no refine weights installed")
+def test_weights_measured_under_another_preset_are_chosen_only_where_every_scene_gained(tmp_path, monkeypatch):
+    """Under a preset they were not trained on, weights are the default only when a measurement under that
+    preset (bench_process --record: validation_protocols) shows every held-out scene above gsa."""
+    import json
+    import shutil
+
+    stem = "refine-cave-gauss-x8"
+    for ext in (".json", ".safetensors"):
+        shutil.copy(registry.weights_dir() / f"{stem}{ext}", tmp_path / f"{stem}{ext}")
+    monkeypatch.setenv("HSFUSE_WEIGHTS", str(tmp_path))
+    lr, msi, wl = _cave_like_pair()
+    first_pixel = Psf(gaussian_kernel(7, 3.0), 8, pad=0)  # the Dian-group kernel: far from the training PSF
+
+    def measured(scenes):
+        rec = json.loads((tmp_path / f"{stem}.json").read_text())
+        rec["validation_protocols"] = {"dian-gauss-x8": {"scenes": scenes, "measured": "test"}}
+        (tmp_path / f"{stem}.json").write_text(json.dumps(rec))
+
+    entry, _, why = engine.choose_model(lr, msi, 8, None, "dian-gauss-x8", first_pixel)
+    assert entry.name == "gsa" and "PSF differs" in why
+    measured({"a": {"model": 51.0, "gsa": 50.0}, "b": {"model": 47.5, "gsa": 46.5}})
+    entry, weights, why = engine.choose_model(lr, msi, 8, None, "dian-gauss-x8", first_pixel)
+    assert entry.name == "refine" and weights.name == f"{stem}.safetensors"
+    assert "measured under dian-gauss-x8: +1.00 dB over gsa" in why
+    entry, _, why = engine.choose_model(lr, msi, 8, None, "imresize-bicubic", first_pixel)  # not measured there
+    assert entry.name == "gsa"
+    measured({"a": {"model": 51.0, "gsa": 50.0}, "b": {"model": 46.4, "gsa": 46.5}})  # one scene below gsa
+    entry, _, why = engine.choose_model(lr, msi, 8, None, "dian-gauss-x8", first_pixel)
+    assert entry.name == "gsa" and "below gsa on a held-out scene (-0.10 dB" in why
+    for bad in ("garbage", {"dian-gauss-x8": {"scenes": {"a": {"model": "x"}}}}, {"dian-gauss-x8": {"scenes": {}}}):
+        assert WeightsRecord.of({"validation_protocols": bad}).protocol_validation("dian-gauss-x8") is None
+    assert WeightsRecord.of({}).protocol_validation(None) is None
+
+
 @pytest.mark.skipif(not registry.get_model("csakd-s").available, reason="no csakd-s weights installed")
 def test_record_srf_tolerance_widens_the_default_choice(tmp_path, monkeypatch):
     """A model trained with SRF augmentation records a wider tolerance; fuse honours it, and only it."""
