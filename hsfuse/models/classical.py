@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from ..forward.psf import Psf, sampling_phase
-from ..forward.degrade import spatial_degrade
 from ..errors import InputError, UsageError
+from ..forward.degrade import spatial_degrade, spatial_degrade_t
+from ..forward.psf import Psf, sampling_phase
 from ..fusion.base import Fuser, FusionProblem
 
 __all__ = ["Bicubic", "DetailInjection", "GLPHS", "CNMF", "fuse_arrays", "vca"]
@@ -55,13 +55,6 @@ def _dtype(precision: str):
     torch = _torch()
     # classical maths is cheap and sensitive to cancellation: fp16/bf16 requests run in fp32
     return torch.float64 if precision in ("fp64", "float64") else torch.float32
-
-
-def degrade_t(x, psf: Psf):
-    """``hsfuse.forward.degrade.spatial_degrade_t`` (the one torch degradation), kept under its old name here."""
-    from ..forward.degrade import spatial_degrade_t
-
-    return spatial_degrade_t(x, psf)
 
 
 def upsample_t(x, s: int, offset: tuple[float, float] = (0.0, 0.0)):
@@ -218,7 +211,7 @@ class _Upsampler:
         s = self.psf.scale
         x = r
         for _ in range(self.iters):
-            x = x + (r - degrade_t(upsample_t(x, s, self.offset), self.psf))
+            x = x + (r - spatial_degrade_t(upsample_t(x, s, self.offset), self.psf))
         return upsample_t(x, s, self.offset)
 
 
@@ -318,7 +311,7 @@ class DetailInjection(_ClassicalBase):
     def fuse_tile(self, lr: np.ndarray, msi: np.ndarray) -> np.ndarray:
         torch = _torch()
         lr_t, msi_t, bad = self._tensors(lr, msi)
-        msi_lr_t = degrade_t(msi_t, self.psf)
+        msi_lr_t = spatial_degrade_t(msi_t, self.psf)
         s = self.scale
         if self.local <= 0:
             a, b = self._coef(lr_t)
@@ -339,7 +332,7 @@ class DetailInjection(_ClassicalBase):
             for k in range(m):
                 qc.addcmul_(ah[:, k], msi_t[k])
             del ah
-        q += self.up(lr_t - degrade_t(q, self.psf))
+        q += self.up(lr_t - spatial_degrade_t(q, self.psf))
         return self._finish(q, bad)
 
     def describe(self) -> dict[str, Any]:
@@ -408,7 +401,7 @@ class GLPHS(_ClassicalBase):
         b = torch.as_tensor(self.beta, dtype=lr_t.dtype, device=lr_t.device)[:, None, None]
         synth = torch.einsum("cm,mhw->chw", a, msi_t) + b
         # degrade is linear and the kernel sums to 1, so degrade(α·MSI + β) = α·degrade(MSI) + β
-        low = upsample_t(torch.einsum("cm,mhw->chw", a, degrade_t(msi_t, self.psf)) + b, s, self.offset)
+        low = upsample_t(torch.einsum("cm,mhw->chw", a, spatial_degrade_t(msi_t, self.psf)) + b, s, self.offset)
         up_lr = upsample_t(lr_t, s, self.offset)
         if self.gain_kind == "hpm":
             # ε (a fraction of the band mean, from fit) keeps dark regions (CAVE backgrounds) from dividing by ~0
@@ -660,7 +653,7 @@ class CNMF(_ClassicalBase):
         a_hr = self._unmix_px(msi_t.clamp_min(0), W, a_hr, self.hr_iters)
         out = (E @ a_hr).reshape(c, h * s, w * s)
         if self.correct:
-            out = out + upsample_t(lr_t - degrade_t(out, self.psf), s, self.offset)
+            out = out + upsample_t(lr_t - spatial_degrade_t(out, self.psf), s, self.offset)
         return self._finish(out, bad)
 
     def describe(self) -> dict[str, Any]:

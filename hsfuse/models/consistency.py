@@ -41,14 +41,14 @@ def match_lr(y, lr, psf: Psf, iterations: int = ITERATIONS):
     import torch
 
     from ..forward.psf import sampling_phase
-    from .classical import degrade_t
+    from ..forward.degrade import spatial_degrade_t
     from .common import bilinear
 
     phase = sampling_phase(psf)
     lo, hi = RATIO_RANGE
     lr = lr.to(y.dtype)
     for _ in range(iterations):
-        low = torch.stack([degrade_t(a, psf) for a in y])
+        low = torch.stack([spatial_degrade_t(a, psf) for a in y])
         ok = (low > 1e-8) & (lr > 0)
         ratio = torch.where(ok, lr / torch.where(ok, low, torch.ones_like(low)), torch.ones_like(low)).clamp(lo, hi)
         y = y * bilinear(ratio, psf.scale, phase)[..., :y.shape[-2], :y.shape[-1]]

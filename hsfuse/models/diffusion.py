@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..forward.degrade import spatial_degrade_t
 from ..forward.psf import Psf
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (B,C,H,W), √γ (B,)) -> x̂0
@@ -144,16 +145,6 @@ DEFAULT_PROGRESSIVE = ((0, 64), (100_000, 96), (200_000, 128))
 # ----------------------------------------------------------------------------- forward model in torch
 
 
-def torch_spatial_degrade(z: torch.Tensor, psf: Psf) -> torch.Tensor:
-    """``hsfuse.forward.degrade.spatial_degrade_t`` (the one torch degradation); sizes must be multiples of the scale."""
-    from ..forward.degrade import spatial_degrade_t
-
-    h, w = z.shape[-2:]
-    if h % psf.scale or w % psf.scale:
-        raise ValueError(f"image size {h}x{w} is not a multiple of the scale {psf.scale}")
-    return spatial_degrade_t(z, psf)
-
-
 def torch_apply_srf(z: torch.Tensor, srf) -> torch.Tensor:
     """MSI[m] = Σ_c R[m, c] · Z[c] on (..., C, H, W); ``srf`` an (m, C) array/tensor or ``hsfuse.forward.srf.Srf``."""
     r = torch.as_tensor(np.asarray(getattr(srf, "matrix", srf)) if not torch.is_tensor(srf) else srf,
@@ -198,7 +189,7 @@ def diffusion_loss(denoise: Denoiser, x0: torch.Tensor, lr: torch.Tensor, msi: t
     w = {k: v * loss_scale for k, v in w.items()}
     parts = {"l1": w["l1"] * F.l1_loss(x0_hat, x0)}
     if psf is not None and w.get("spatial", 0):
-        low = torch_spatial_degrade(x0_hat, psf)
+        low = spatial_degrade_t(x0_hat, psf)
         m = psf.halo_lr
         if m and min(low.shape[-2:]) > 2 * m:
             low, lr = low[..., m:-m, m:-m], lr[..., m:-m, m:-m]

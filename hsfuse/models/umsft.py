@@ -76,21 +76,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..forward.psf import Psf
 from ..errors import ModelError
+from ..forward.degrade import spatial_degrade_t
+from ..forward.psf import Psf
 from ..fusion.base import Fuser, FusionProblem
 
-__all__ = ["UMSFT", "build_net", "torch_degrade", "torch_upsample"]
+__all__ = ["UMSFT", "build_net", "torch_upsample"]
 
 
 # --------------------------------------------------------------------------- torch forward model
-
-
-def torch_degrade(x, psf: Psf):
-    """``hsfuse.forward.degrade.spatial_degrade_t`` on (B, C, H, W) (the one torch degradation; every border rule)."""
-    from ..forward.degrade import spatial_degrade_t
-
-    return spatial_degrade_t(x, psf)
 
 
 def torch_upsample(x, s: int):
@@ -355,8 +349,8 @@ class UMSFT(Fuser):
         msi_in = self._t(msi_f[:, :hh, :ww])[None]
         vmask = self._t(valid[:hh, :ww].astype(np.float32))[None, None]
         with torch.no_grad():
-            lr_in = torch_degrade(target, psf_tr)
-            vlow = (torch_degrade(1.0 - vmask, psf_tr) < 1e-6).float()
+            lr_in = spatial_degrade_t(target, psf_tr)
+            vlow = (spatial_degrade_t(1.0 - vmask, psf_tr) < 1e-6).float()
         # reduced-scale base (no parameters: computed once, mirrored context like the engine's)
         bf = self._make_base(s_tr, psf_tr) if self.base_kind == "gsa" else None
         lr_np, msi_np = lr_in[0].cpu().numpy(), msi_in[0].cpu().numpy()
@@ -401,7 +395,7 @@ class UMSFT(Fuser):
             lri, vl = li[:, :c], li[:, c:]
             z = self._forward(bs, mi)
             r = srf_p if srf_p is not None else srf_t
-            l_lr = ((torch_degrade(z, psf_tr) - lri).abs() * vl).mean() / scl
+            l_lr = ((spatial_degrade_t(z, psf_tr) - lri).abs() * vl).mean() / scl
             l_msi = ((torch.einsum("mc,bchw->bmhw", r, z) - mi).abs() * vm).mean() / scm
             l_sup = ((z - tgt).abs() * vm).mean() / scl
             cos = (z * tgt).sum(1) / (z.norm(dim=1) * tgt.norm(dim=1) + 1e-8)

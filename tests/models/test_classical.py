@@ -9,7 +9,8 @@ from conftest import smooth_cube
 from hsfuse.forward.psf import Psf, gaussian_kernel
 from hsfuse.forward.degrade import spatial_degrade
 from hsfuse.fusion.base import FusionProblem
-from hsfuse.models.classical import CNMF, GLPHS, Bicubic, DetailInjection, degrade_t, fuse_arrays, vca
+from hsfuse.models.classical import CNMF, GLPHS, Bicubic, DetailInjection, fuse_arrays, vca
+from hsfuse.forward.degrade import spatial_degrade_t
 from hsfuse.models.registry import classical_fusers
 
 # small iteration counts keep CNMF fast in tests; quality is checked with its defaults elsewhere
@@ -166,7 +167,7 @@ def test_degrade_t_matches_spatial_degrade(psf):
     import torch
 
     x = np.random.default_rng(0).random((3, 24, 36)).astype(np.float32)
-    np.testing.assert_allclose(degrade_t(torch.from_numpy(x), psf).numpy(), spatial_degrade(x, psf), atol=1e-6)
+    np.testing.assert_allclose(spatial_degrade_t(torch.from_numpy(x), psf).numpy(), spatial_degrade(x, psf), atol=1e-6)
 
 
 def test_bad_options_raise():

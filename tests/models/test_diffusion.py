@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from hsfuse.forward.psf import Psf, gaussian_kernel, make_psf  # noqa: E402
-from hsfuse.forward.degrade import apply_srf, spatial_degrade
+from hsfuse.forward.degrade import apply_srf, spatial_degrade, spatial_degrade_t  # noqa: E402
 from hsfuse.models import diffusion as D  # noqa: E402
 
 F = torch.nn.functional
@@ -107,11 +107,11 @@ def test_torch_degrade_equals_numpy(psf):
     rng = np.random.default_rng(1)
     z = rng.random((3, 8, 12))
     ref = spatial_degrade(z, psf)
-    got = D.torch_spatial_degrade(torch.from_numpy(z), psf).numpy()
+    got = spatial_degrade_t(torch.from_numpy(z), psf).numpy()
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12)
     # batched float32, differentiable
     zt = torch.from_numpy(np.stack([z, z[:, ::-1].copy()])).float().requires_grad_()
-    out = D.torch_spatial_degrade(zt, psf)
+    out = spatial_degrade_t(zt, psf)
     np.testing.assert_allclose(out[0].detach().numpy(), spatial_degrade(z.astype(np.float32), psf), atol=1e-6)
     out.sum().backward()
     assert zt.grad is not None and torch.isfinite(zt.grad).all()
@@ -131,7 +131,7 @@ def _pair(seed=0, c=6, hw=16, s=4):
     x0 = torch.from_numpy(rng.random((2, c, hw, hw))).float()
     psf = Psf.gaussian(s)
     srf = rng.random((3, c)) / c
-    lr = D.torch_spatial_degrade(x0, psf)
+    lr = spatial_degrade_t(x0, psf)
     msi = D.torch_apply_srf(x0, srf)
     return x0, lr, msi, psf, srf
 

@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 
 from conftest import smooth_cube  # noqa: E402
 from hsfuse.forward.psf import Psf  # noqa: E402
-from hsfuse.forward.degrade import apply_srf, spatial_degrade
+from hsfuse.forward.degrade import apply_srf, spatial_degrade, spatial_degrade_t  # noqa: E402
 from hsfuse.errors import ModelError, UsageError  # noqa: E402
 from hsfuse.fusion.base import FusionProblem  # noqa: E402
 from hsfuse.fusion.engine import FuseConfig, fuse_arrays  # noqa: E402
@@ -88,7 +88,7 @@ def test_residual_space_loss_is_zero_for_a_perfect_denoiser():
     hr = torch.rand(2, 5, 16, 16)
     psf = Psf.gaussian(4)
     srf = np.random.default_rng(0).random((3, 5)) / 5
-    lr, msi = D.torch_spatial_degrade(hr, psf), D.torch_apply_srf(hr, srf)
+    lr, msi = spatial_degrade_t(hr, psf), D.torch_apply_srf(hr, srf)
     cond = net.encode(lr, msi)
     latent = (lambda x: net.to_latent(x, cond), lambda z: net.from_latent(z, cond))
     seen = {}
@@ -198,7 +198,7 @@ def test_training_smoke_loss_decreases_on_a_fixed_batch():
     hr = torch.rand(2, 5, 16, 16)  # white texture: the bicubic base is far from it, there is a lot to learn
     psf = Psf.gaussian(s)
     srf = np.random.default_rng(0).random((3, 5)) / 5
-    lr = D.torch_spatial_degrade(hr, psf)
+    lr = spatial_degrade_t(hr, psf)
     msi = D.torch_apply_srf(hr, srf)
     net = CDFormer(**TINY).train()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
