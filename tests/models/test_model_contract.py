@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from hsfuse.forward.psf import Psf, gaussian_kernel  # noqa: E402
-from hsfuse.forward.degrade import spatial_degrade
+from hsfuse.forward.degrade import spatial_degrade  # noqa: E402
 from hsfuse.errors import ModelError  # noqa: E402
 from hsfuse.fusion.base import FusionProblem  # noqa: E402
 from hsfuse.fusion.engine import FuseConfig, fuse_arrays  # noqa: E402
