@@ -108,7 +108,7 @@ class WeightsRecord(dict):
         A network learns one blur; under another it may still help (the MHF-trained x32 weights gain 1.5 dB
         under the HIFtool Gaussian) or hurt: only a measurement says which, so the model choice accepts
         another preset's PSF only where one was made and every scene gained."""
-        if not protocol:
+        if not protocol or protocol.lower() == self.protocol.lower():  # its own preset: validation_metrics
             return None
         try:
             entry = (self.get("validation_protocols") or {})[protocol]

@@ -13,21 +13,26 @@ from . import options
 from .common import emit_json, err, guard, show_progress
 
 
-def _config_options() -> list[inspect.Parameter]:
-    """One option per TrainConfig field that has ``cli`` metadata, in the field order (``train/config.py``)."""
+def _cli_fields():
+    """(field, its ``cli`` metadata, the command's parameter name) for each TrainConfig field that is an option,
+    in the field order (``train/config.py``); an inverted flag is named after its flag (``--export-always``)."""
     from ..train.config import TrainConfig
 
-    params = []
     for f in fields(TrainConfig):
         meta = f.metadata.get("cli")
-        if meta is None:
-            continue
+        if meta is not None:
+            inverted = meta["kind"] == "inverted"
+            yield f, meta, meta["flag"].lstrip("-").replace("-", "_") if inverted else f.name
+
+
+def _config_options() -> list[inspect.Parameter]:
+    """One option per TrainConfig field that has ``cli`` metadata."""
+    params = []
+    for f, meta, name in _cli_fields():
         kind, flag = meta["kind"], meta["flag"]
         if kind in ("flag", "inverted"):
-            name = flag.lstrip("-").replace("-", "_") if kind == "inverted" else f.name
             default, annotation = typer.Option(False, flag or "--" + f.name.replace("_", "-"), help=meta["help"]), bool
         else:
-            name = f.name
             annotation = {"switch": Optional[bool], "list": Optional[str], "json": Optional[str],
                           "schedule": Optional[str]}.get(kind) or Optional[_PLAIN[f.type]]
             decl = [f"--{f.name.replace('_', '-')}/--no-{f.name.replace('_', '-')}"] if kind == "switch" else \
@@ -43,22 +48,17 @@ _PLAIN = {"int": int, "float": float, "str": str, "bool": bool}
 
 def _overrides(values: dict[str, Any]) -> dict[str, Any]:
     """The options given on the command line as TrainConfig values (None: not given, the file or default wins)."""
-    from ..train.config import TrainConfig
-
     split = lambda s: None if s is None else tuple(x.strip() for x in s.split(",") if x.strip())  # noqa: E731
     read = {"list": split, "json": _json_dict, "schedule": _schedule}
     over: dict[str, Any] = {}
-    for f in fields(TrainConfig):
-        meta = f.metadata.get("cli")
-        if meta is None:
-            continue
+    for f, meta, name in _cli_fields():
         kind = meta["kind"]
         if kind == "inverted":
-            over[f.name] = False if values[meta["flag"].lstrip("-").replace("-", "_")] else None
+            over[f.name] = False if values[name] else None
         elif kind == "flag":
-            over[f.name] = values[f.name] or None
+            over[f.name] = values[name] or None
         else:
-            over[f.name] = read.get(kind, lambda v: v)(values[f.name])
+            over[f.name] = read.get(kind, lambda v: v)(values[name])
     return over
 
 

@@ -331,7 +331,7 @@ def _too_slow(rec: WeightsRecord, scale: int, device: str | None) -> str | None:
 def _gain(rec: WeightsRecord, scale: int, protocol: str | None) -> float | None:
     """The gain over gsa that ranks fitting weights: measured under the pair's preset when it was, else the
     record's own validation."""
-    measured = rec.protocol_validation(protocol) if protocol and protocol.lower() != rec.protocol.lower() else None
+    measured = rec.protocol_validation(protocol)
     return measured["gain"] if measured is not None else rec.validation_gain(scale)
 
 
@@ -354,14 +354,13 @@ def choose_model(lr: CubeSource, msi: CubeSource, scale: int, srf: np.ndarray | 
                     slow.append((_gain(rec, scale, protocol), entry.name, too_slow))
                     mismatch = too_slow
                 if mismatch is None:
-                    fits.append((_gain(rec, scale, protocol), entry, path, rec.srf_tolerance_nm))
+                    fits.append((_gain(rec, scale, protocol), entry, path, rec))
                 else:
                     reasons.append(f"'{entry.name}' ({path.name}) not used: {mismatch}")
     if fits:
         # best recorded gain first; weights without one after all that have one; ties keep registry order
-        gain, entry, path, tol = min(fits, key=lambda f: (f[0] is None, -(f[0] or 0.0)))  # min() keeps the first of ties
-        rec = read_record(path)
-        measured = rec.protocol_validation(protocol) if protocol and protocol.lower() != rec.protocol.lower() else None
+        gain, entry, path, rec = min(fits, key=lambda f: (f[0] is None, -(f[0] or 0.0)))  # min() keeps the first of ties
+        measured, tol = rec.protocol_validation(protocol), rec.srf_tolerance_nm
         if measured is not None:
             why = (f"pretrained '{entry.name}' chosen: weights {path.name} (trained under {rec.protocol}) were measured "
                    f"under {protocol}: {measured['gain']:+.2f} dB over gsa on the held-out scenes, every one above")

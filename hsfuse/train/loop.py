@@ -245,7 +245,7 @@ class TrainResult:
         return d
 
 
-def validate(net, scenes, scale: int, device: str, tile: int = 0, baselines: dict | None = None) -> dict[str, Any]:
+def evaluate_scenes(net, scenes, scale: int, device: str, tile: int = 0, baselines: dict | None = None) -> dict[str, Any]:
     """Per-scene and mean metrics of the model (and GSA prior / bicubic baselines if not cached)."""
     from .data import bicubic
 
@@ -448,11 +448,11 @@ class TrainingRun:
         if self._last_val[0] == self.step_no:
             return self._last_val[1]
         cfg = self.cfg
-        res = validate(self.pred, self.val_scenes, self.fm.scale, self.device, cfg.val_tile, self.baselines)
+        res = evaluate_scenes(self.pred, self.val_scenes, self.fm.scale, self.device, cfg.val_tile, self.baselines)
         self.baselines = {k: res[k] for k in ("gsa", "bicubic") if k in res} if "gsa" in res else None
         if self.val_joint:  # the second scale factor's numbers ride along (not in the history's means)
             res = {**res, "joint_scale": {"scale": cfg.joint_scale, "psf": self.fm_joint.psf.name,
-                                          **validate(self.pred, self.val_joint, cfg.joint_scale, self.device, cfg.val_tile)}}
+                                          **evaluate_scenes(self.pred, self.val_joint, cfg.joint_scale, self.device, cfg.val_tile)}}
         self._last_val[:] = [self.step_no, res]
         self.net.train()
         return res

@@ -375,6 +375,19 @@ def test_given_weights_option_is_used_not_the_installed_ones(tmp_path):
                                              estimate="off"))
 
 
+def _first_pixel_pair():
+    """A textured 8-band ×8 pair whose 7×7 PSF starts at the first pixel of each block (the Dian-group phase)."""
+    from hsfuse.forward.degrade import spatial_degrade
+
+    z = smooth_cube(8, 128, 96, 5).astype(np.float64)
+    z = z * (1 + 0.05 * np.random.default_rng(5).standard_normal((1, 128, 96)))
+    psf = Psf(gaussian_kernel(7, 3.0), 8, pad=3)
+    srf = np.random.default_rng(1).random((3, 8))
+    srf /= srf.sum(1, keepdims=True)
+    lr, msi = spatial_degrade(z, psf).astype(np.float32), np.einsum("mc,chw->mhw", srf, z).astype(np.float32)
+    return lr, msi, psf, srf
+
+
 def test_first_pixel_psf_network_tiles_equal_the_network_on_the_whole_scene(tmp_path):
     """A gsa-refining network under a first-pixel PSF: tiles that stop at the scene border have less context on
     that side, and the network must not cut the prior's ring where there is none (it did: 20 dB instead of 48
@@ -385,12 +398,7 @@ def test_first_pixel_psf_network_tiles_equal_the_network_on_the_whole_scene(tmp_
     from hsfuse.models.classical import DetailInjection
     from hsfuse.weights import save_weights
 
-    z = smooth_cube(8, 128, 96, 5).astype(np.float64)
-    z = z * (1 + 0.05 * np.random.default_rng(5).standard_normal((1, 128, 96)))
-    psf = Psf(gaussian_kernel(7, 3.0), 8, pad=3)
-    srf = np.random.default_rng(1).random((3, 8))
-    srf /= srf.sum(1, keepdims=True)
-    lr, msi = spatial_degrade(z, psf).astype(np.float32), np.einsum("mc,chw->mhw", srf, z).astype(np.float32)
+    lr, msi, psf, srf = _first_pixel_pair()
     torch.manual_seed(0)
     net = build_network("refine", {"bands": 8, "msi_bands": 3, "scale": 8, "prior": True, "nf": 8, "hr_nf": 4,
                                    "blocks": 1})
@@ -426,12 +434,7 @@ def test_first_pixel_psf_tiles_stop_at_the_scene_border():
     from hsfuse.fusion.base import FusionProblem
     from hsfuse.forward.degrade import spatial_degrade
 
-    z = smooth_cube(8, 128, 96, 5).astype(np.float64)
-    z = z * (1 + 0.05 * np.random.default_rng(5).standard_normal((1, 128, 96)))
-    psf = Psf(gaussian_kernel(7, 3.0), 8, pad=3)
-    srf = np.random.default_rng(1).random((3, 8))
-    srf /= srf.sum(1, keepdims=True)
-    lr, msi = spatial_degrade(z, psf).astype(np.float32), np.einsum("mc,chw->mhw", srf, z).astype(np.float32)
+    lr, msi, psf, srf = _first_pixel_pair()
     cfg = dict(model="gsa", psf=psf, srf=srf, estimate="off", clip="off")
     whole = fuse_arrays(lr, msi, FuseConfig(**cfg, tile=1024))
     for tile, overlap in [(32, 0), (48, 16)]:
