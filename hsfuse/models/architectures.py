@@ -47,7 +47,7 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
     Architecture("mulsr", "hsfuse.models.networks.mulsr:MulSR", "mulsr", "mulsr",
                  "MulSR, Multi-Scale Factor Joint Learning for HSI SR (IEEE TGRS)", {"small": 1.0, "large": 1.0, "sam": 0.0}),
     Architecture("refine", "hsfuse.models.networks.refine:RefineNet", "refine", "refine",
-                 "ours (hsfuse issue 20): GSA-residual CNN, half-resolution body", {"l1": 1.0, "beba": 0.0, "sam": 0.1}),
+                 "ours (hsfuse issue 20): GSA-residual CNN, half-resolution body", {"l1": 1.0, "rmse": 0.0, "beba": 0.0, "sam": 0.1}),
     Architecture("hsrdiff-cdformer", "hsfuse.models.networks.cdformer:CDFormer", "hsr-diff", "hsr-diff",
                  "Wu et al., HSR-Diff, ICCV 2023 (arXiv 2306.12085)",
                  {"l1": 1.0, "spatial": 0.5, "spectral": 0.5, "top_level": 0.0}),
