@@ -351,4 +351,55 @@ def qnr(fused: np.ndarray, lr: np.ndarray, msi: np.ndarray, msi_lr: np.ndarray, 
     return {"d_lambda": float(d_lambda), "d_s": float(d_s), "qnr": float((1 - d_lambda) ** alpha * (1 - d_s) ** beta)}
 
 
-__all__ = ["MetricsReport", "compute_metrics", "auto_peak", "sam_map", "q_index_map", "q_index_blocks", "q_index_blocks_pairwise", "qnr", "psnr_from_mse"]
+def no_reference_metrics(fused: np.ndarray, lr: np.ndarray, msi: np.ndarray, psf=None, srf: np.ndarray | None = None,
+                         lr_peak: Any = 1.0, msi_peak: Any = 1.0, psf_rule: str = "given",
+                         srf_rule: str = "given") -> tuple[dict[str, float], dict[str, Any]]:
+    """(summary, conventions) of a fused cube judged only by its inputs: re-degraded to each, and QNR.
+
+    Without a reference the forward model is the yardstick: ``degrade(F, PSF)`` against the LR-HSI,
+    ``SRF·F`` against the MSI. A PSF or SRF not given is estimated from the (LR, MSI) pair exactly as
+    ``hsfuse fuse`` does with no flags, so the same pair is judged by the model it was fused with.
+    ``fused`` and ``msi`` are cropped to the LR grid (s × the LR size).
+    """
+    from .forward.degrade import apply_srf, spatial_degrade
+    from .forward.psf import describe_psf
+
+    c, hh, ww = fused.shape
+    h, w = lr.shape[1:]
+    s = hh // h
+    fused, msi = fused[:, : h * s, : w * s], msi[:, : h * s, : w * s]
+    if psf is None or srf is None:
+        from .forward.estimate import estimate_pair
+
+        est = estimate_pair(lr, msi, s, psf=psf, srf=srf)
+        if psf is None:
+            psf = est.psf
+            psf_rule = f"estimated from the pair as `hsfuse fuse` does (hsfuse.forward.estimate_pair): {est.summary()}"
+        if srf is None:
+            srf = est.srf
+            srf_rule = ("estimated from the pair (hsfuse.forward.estimate_pair): non-negative least squares of "
+                        "MSI_lr on LR, sensor gain kept")
+    msi_lr = spatial_degrade(msi, psf)
+    rl = compute_metrics(lr, spatial_degrade(fused, psf), peak=lr_peak, ssim=False, uiqi=False, maps=False)
+    rm = compute_metrics(msi, apply_srf(fused, srf), peak=msi_peak, ssim=False, uiqi=False, maps=False)
+    q = qnr(fused, lr, msi, msi_lr)
+    summary = {
+        "lr_consistency_psnr": rl.summary["psnr"], "lr_consistency_sam": rl.summary["sam"],
+        "lr_consistency_rmse": rl.summary["rmse"],
+        "msi_consistency_psnr": rm.summary["psnr"], "msi_consistency_rmse": rm.summary["rmse"],
+        **q,
+    }
+    conventions = {
+        "scale": s, "psf": describe_psf(psf), "psf_rule": psf_rule, "srf_rule": srf_rule,
+        "srf_matrix": np.asarray(srf).tolist(),
+        "lr_peak": lr_peak, "msi_peak": msi_peak,
+        "lr_consistency": "PSNR/SAM of spatial_degrade(FUSED, PSF) against LR (masked as compute_metrics)",
+        "msi_consistency": "PSNR of SRF·FUSED against MSI",
+        "qnr": ("Alparone et al. 2008, p=q=1, alpha=beta=1; Q = Wang-Bovik on non-overlapping 32x32 blocks "
+                "(min(32,h,w) on the LR grid); D_s averaged over all (HSI band, MSI band) pairs with MSI_lr = "
+                "spatial_degrade(MSI, PSF)"),
+    }
+    return summary, conventions
+
+
+__all__ = ["MetricsReport", "no_reference_metrics", "compute_metrics", "auto_peak", "sam_map", "q_index_map", "q_index_blocks", "q_index_blocks_pairwise", "qnr", "psnr_from_mse"]

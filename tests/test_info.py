@@ -77,7 +77,7 @@ def test_real_data(shared_data):
         assert d["wavelengths"]["min_nm"] == 400 and d["wavelengths"]["max_nm"] == 700
         assert 0 <= d["stats"]["min"] <= d["stats"]["max"] <= 1
     houston = shared_data / "houston2018_dfc_subset" / "houston_dataset.mat"
-    with pytest.raises(FormatError, match=r"several 3-D arrays \(hyprImg, rgbImg\): choose one with --var"):
+    with pytest.raises(FormatError, match=r"several 3-D arrays \(hyprImg, rgbImg\): choose one with option 'var'"):
         describe(houston)
     d = describe(houston, var="hyprImg")
     assert d["shape"] == {"bands": 48, "height": 128, "width": 128} and d["dtype"] == "uint16"

@@ -32,7 +32,7 @@ def guard() -> Iterator[None]:
     try:
         yield
     except HsfuseError as e:
-        err.print(f"[bold red]hsfuse: error:[/] {e.oneline()}", markup=True, soft_wrap=True)
+        err.print(f"[bold red]hsfuse: error:[/] {e.oneline(flags=True)}", markup=True, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         err.print("hsfuse: interrupted", soft_wrap=True)

@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from ..errors import InputError, UsageError
+from ..errors import UsageError
 from . import options
 from .common import emit_json, err, guard, out
 
@@ -95,133 +95,45 @@ def _note(quiet: bool, msg: str) -> None:
 
 def _run(hr, output, msi_path, protocol, scale_s, psf_kind, sigma, form, pad, border, srf_spec, srf_file,
          snr_hsi, snr_msi, seed, var, in_format, overwrite, json_out, quiet) -> None:
-    import numpy as np
+    import math
 
-    from .. import io as hio
-    from ..forward.degrade import add_noise, apply_srf, crop_to_multiple, spatial_degrade
-    from ..forward.psf import describe_psf, lr_phase_offset, make_psf
-    from ..forward.protocols import get_protocol, read_protocol_input
-    from ..forward.srf import load_srf, srf_from_matrix
+    from ..forward.simulate import DegradeSpec, simulate_pair
 
+    # what only the command line can say: which flag is at fault
     scale = parse_scale(scale_s)
     for name, v in (("--snr-hsi", snr_hsi), ("--snr-msi", snr_msi)):
-        if v is not None and not np.isfinite(v):
+        if v is not None and not math.isfinite(v):
             raise UsageError(f"{name} must be a finite number of dB")
     if msi_path is None and snr_msi is not None:
         raise UsageError("--snr-msi needs --msi")
     if output == msi_path:
         raise UsageError("-o and --msi must be different files")
-
-    # -- resolve the forward model (before reading anything big) ---------------------------
+    spec = DegradeSpec(protocol, scale, psf_kind, sigma, form, pad, border, srf_spec, srf_file, snr_hsi, snr_msi, seed)
     proto = None
     if protocol is not None:
+        from ..forward.protocols import get_protocol
+
         proto = get_protocol(protocol)
-        given = {"scale": scale_s is not None, "psf": psf_kind != "gaussian", "sigma": sigma is not None,
-                 "form": form != "conv", "pad": pad is not None, "border": border != "reflect",
-                 "srf": srf_spec is not None, "srf_file": srf_file is not None, "snr_hsi": snr_hsi is not None,
-                 "snr_msi": snr_msi is not None, "seed": seed is not None}
-        fixed = [k for k, v in given.items() if v and k not in proto.open_options]
+        fixed = [k for k in spec.given() if k not in proto.open_options]
         if fixed:
             opts = ", ".join("--" + k.replace("_", "-") for k in fixed)
             raise UsageError(f"protocol {proto.name} fixes {opts}; drop them or describe the model with options instead")
-        psf = proto.build_psf(scale, srf_file, border if "border" in proto.open_options else None)
-    else:
-        if scale is None:
-            raise UsageError("give --scale (or a --protocol)")
-        if srf_file is not None:
-            raise UsageError("--srf-file goes with a cave-* --protocol; use --srf FILE otherwise")
-        psf = make_psf(psf_kind, scale, sigma=sigma, form=form, pad=pad, border=border)
-    s = psf.scale
+    elif scale is None:
+        raise UsageError("give --scale (or a --protocol)")
+    elif srf_file is not None:
+        raise UsageError("--srf-file goes with a cave-* --protocol; use --srf FILE otherwise")
+    if msi_path is not None and srf_spec is None and (proto is None or proto.srf != "mhf-R"):
+        raise UsageError("--msi needs an SRF: --srf NAME|FILE (see --list)")
 
-    fmt_lr = hio.check_writable(output, overwrite=overwrite, inputs=(hr,))
-    if msi_path is not None:
-        hio.check_writable(msi_path, overwrite=overwrite, inputs=(hr, output))
-
-    # -- read -----------------------------------------------------------------------------
-    with hio.open_cube(hr, in_format, **({"var": var} if var else {})) as src:
-        meta = src.meta
-        stored_dtype = src.dtype
-        z, how = read_protocol_input(src, proto.input_scaling if proto is not None else "none")
-    c, h, w = z.shape
-    _note(quiet, f"read {hr} ({c}×{h}×{w}, stored {stored_dtype}); input: {how}")
-    z, (dh, dw) = crop_to_multiple(z, s)
-    if dh or dw:
-        _note(quiet, f"cropped {h}×{w} to {z.shape[1]}×{z.shape[2]} (dropped {dh} bottom rows, {dw} right columns) "
-                     f"to a multiple of the scale {s}")
-    if min(z.shape[1:]) == 0:
-        raise InputError(f"image {h}×{w} is smaller than one {s}×{s} LR pixel", hr)
-
-    srf = None
-    if msi_path is not None:
-        if proto is not None and proto.srf == "mhf-R":
-            _, rt = proto.build(s, srf_file)
-            if c != rt.shape[1]:
-                raise InputError(f"protocol {proto.name} needs a 31-band cube (MHF-Net R is 31×3); this one has {c} bands", hr)
-            srf = srf_from_matrix(rt, meta.wavelengths, ["R", "G", "B"], source=f"MHF-Net R ({proto.name})",
-                                  normalise=False)
-        else:
-            if srf_spec is None:
-                raise UsageError("--msi needs an SRF: --srf NAME|FILE (see --list)")
-            srf = load_srf(srf_spec, meta.wavelengths, c)
-            low = [f"{n} ({cv:.0%})" for n, cv in zip(srf.band_names, srf.coverage if srf.coverage is not None else [])
-                   if cv < 0.9]
-            if low:
-                _note(quiet, f"SRF bands only partly inside the cube's wavelength range: {', '.join(low)} "
-                             "of their area (weights renormalised over what is inside)")
-
-    # -- degrade --------------------------------------------------------------------------
-    lr = spatial_degrade(z, psf)
-    msi = apply_srf(z, srf) if srf is not None else None
-    snr_hsi = snr_hsi if snr_hsi is not None else (proto.snr_hsi if proto else None)
-    snr_msi = snr_msi if snr_msi is not None else (proto.snr_msi if proto else None)
-    if snr_hsi is not None or snr_msi is not None:
-        rng = np.random.default_rng(seed)
-        lr = add_noise(lr, snr_hsi, rng)
-        if msi is not None:
-            msi = add_noise(msi, snr_msi, rng)
-
-    # -- metadata + write -----------------------------------------------------------------
-    psf_info = describe_psf(psf)
-    record = {
-        "protocol": proto.name if proto else None,
-        "scale": s,
-        "psf": psf_info,
-        "srf": srf.describe() if srf is not None else None,
-        "snr_hsi_db": snr_hsi,
-        "snr_msi_db": snr_msi,
-        "seed": seed,
-        "noise": ("sigma_b^2 = mean(x_b^2)/10^(snr/10), white Gaussian"
-                  if (snr_hsi is not None or snr_msi is not None) else None),
-        "input_scaling": how,
-        "crop": {"rows_dropped": dh, "cols_dropped": dw, "hr_used": [int(z.shape[1]), int(z.shape[2])]},
-    }
-    desc = (f"hsfuse degrade of {Path(hr).name}: protocol={record['protocol']} scale={s} psf={psf.name} "
-            f"pad={psf.pad} border={psf.border} snr_hsi={snr_hsi} snr_msi={snr_msi} seed={seed}"
-            + (f" cropped_to={z.shape[1]}x{z.shape[2]}" if dh or dw else ""))
-    georef_lr = None
-    if meta.georef is not None:
-        georef_lr = meta.georef.scaled(s)
-        delta = lr_phase_offset(psf)
-        if delta and georef_lr.transform is not None:
-            a, b, cc, d, e, f = meta.georef.transform
-            t = georef_lr.transform
-            georef_lr = type(georef_lr)(georef_lr.crs_wkt, (t[0], t[1], cc + (a + b) * delta, t[3], t[4], f + (d + e) * delta))
-    has_nan = bool(np.isnan(lr).any() or (msi is not None and np.isnan(msi).any()))
-    # NaN marks nodata in hsfuse's float outputs: declared when there is any, so GDAL and ENVI see it too
-    base = meta.copy(scale=1.0, offset=0.0, nodata=float("nan") if has_nan else None, source={}, description=desc)
-    lr_meta = base.copy(georef=georef_lr)
-    hio.write_cube(output, lr.astype(np.float32), lr_meta, "float32", overwrite=overwrite)
-    result = {"lr": {"path": str(output), "shape": list(lr.shape), "format": fmt_lr}, **record}
-    if msi is not None:
-        msi_meta = base.copy(wavelengths=srf.centres, fwhm=srf.fwhm, band_names=list(srf.band_names), bad_bands=None,
-                             georef=meta.georef, description=desc + f" srf={srf.source}")
-        hio.write_cube(msi_path, msi.astype(np.float32), msi_meta, "float32", overwrite=overwrite)
-        result["msi"] = {"path": str(msi_path), "shape": list(msi.shape)}
+    result = simulate_pair(hr, output, msi_path, spec, var=var, in_format=in_format, overwrite=overwrite,
+                           notify=lambda m: _note(quiet, m))
     if json_out:
         emit_json(result)
     elif not quiet:
-        msg = f"wrote LR {output} ({lr.shape[0]}×{lr.shape[1]}×{lr.shape[2]})"
+        lr, msi, psf = result["lr"], result.get("msi"), result["psf"]
+        msg = "wrote LR {} ({})".format(lr["path"], "×".join(map(str, lr["shape"])))
         if msi is not None:
-            msg += f" and MSI {msi_path} ({msi.shape[0]}×{msi.shape[1]}×{msi.shape[2]}: {', '.join(srf.band_names)})"
-        err.print(f"hsfuse degrade: {msg}; PSF {psf.name}, pad {psf.pad}, border {psf.border}", soft_wrap=True,
+            msg += " and MSI {} ({}: {})".format(msi["path"], "×".join(map(str, msi["shape"])),
+                                                ", ".join(result["srf"]["bands"]))
+        err.print(f"hsfuse degrade: {msg}; PSF {psf['name']}, pad {psf['pad']}, border {psf['border']}", soft_wrap=True,
                   markup=False)

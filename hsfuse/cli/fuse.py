@@ -273,9 +273,9 @@ def fuse(
                     raise
                 failed += 1
                 exit_code = e.exit_code if len(jobs) == 1 else 1
-                err.print(f"hsfuse: error: {e.oneline()}", soft_wrap=True, markup=False)
+                err.print(f"hsfuse: error: {e.oneline(flags=True)}", soft_wrap=True, markup=False)
                 record({"lr": str(lr_path), "msi": str(msi_path), "output": str(out_path), "status": "failed",
-                        "error": e.oneline(), "exit_code": e.exit_code})
+                        "error": e.oneline(flags=True), "exit_code": e.exit_code})
                 if not keep_going:
                     break
         if json_out:  # one schema whatever the number of pairs; one pair's fields also at the top level

@@ -358,10 +358,10 @@ def _plot(path: Path, rep, meta, title: str, ref=None, est=None, crop: int = 0) 
 def _no_reference(files, lr_path, msi_path, scale_s, peak_s, psf_kind, sigma, form, border, srf_spec, protocol,
                   json_out, csv, quiet):
 
-    from ..forward.degrade import apply_srf, crop_to_multiple, spatial_degrade
-    from ..forward.psf import describe_psf, make_psf
-    from ..metrics import auto_peak, compute_metrics, qnr
+    from ..forward.degrade import crop_to_multiple
+    from ..forward.psf import make_psf
     from ..forward.srf import load_srf
+    from ..metrics import auto_peak, no_reference_metrics
 
     if lr_path is None or msi_path is None:
         raise UsageError("the no-reference mode needs both --lr and --msi")
@@ -393,62 +393,29 @@ def _no_reference(files, lr_path, msi_path, scale_s, peak_s, psf_kind, sigma, fo
         raise UsageError(f"--scale {given} contradicts the sizes (fused {hh}×{ww}, LR {h}×{w}: s = {s})")
     fused, _ = crop_to_multiple(fused, s)
     msi, _ = crop_to_multiple(msi, s)
-    fused, msi = fused[:, : h * s, : w * s], msi[:, : h * s, : w * s]
 
-    notes = {}
-    srf_mat = None
+    srf_mat, srf_rule = None, ""
     if srf_spec is not None:
-        srf_obj = load_srf(srf_spec, fmeta.wavelengths if fmeta.wavelengths is not None else lmeta.wavelengths, c)
-        srf_mat = srf_obj.matrix
+        srf_mat = load_srf(srf_spec, fmeta.wavelengths if fmeta.wavelengths is not None else lmeta.wavelengths, c).matrix
         if srf_mat.shape[0] != msi.shape[0]:
             raise InputError(f"SRF '{srf_spec}' has {srf_mat.shape[0]} bands, MSI {msi_path} has {msi.shape[0]}")
-        notes["srf"] = f"given: {srf_spec}"
+        srf_rule = f"given: {srf_spec}"
     if psf_kind is None and sigma is not None:
         psf_kind = "gaussian"
-    psf = None
+    psf, psf_rule = None, ""
     if psf_kind is not None:
         psf = make_psf(psf_kind, s, sigma=sigma, form=form, border=border)
-        notes["psf"] = f"given: {psf.name}"
-    if psf is None or srf_mat is None:  # the same estimate `hsfuse fuse` makes with no flags
-        from ..forward.estimate import estimate_pair
-
-        est = estimate_pair(lr, msi, s, psf=psf, srf=srf_mat)
-        if psf is None:
-            psf = est.psf
-            notes["psf"] = f"estimated from the pair as `hsfuse fuse` does (hsfuse.forward.estimate_pair): {est.summary()}"
-        if srf_mat is None:
-            srf_mat = est.srf
-            notes["srf"] = ("estimated from the pair (hsfuse.forward.estimate_pair): non-negative least squares of "
-                            "MSI_lr on LR, sensor gain kept")
-    msi_lr = spatial_degrade(msi, psf)
-    lr_hat = spatial_degrade(fused, psf)
-    msi_hat = apply_srf(fused, srf_mat)
+        psf_rule = f"given: {psf.name}"
     if peak == "auto":
         pl, why_l = auto_peak(ldtype, lmeta.scale, lmeta.offset, lr)
         pm, why_m = auto_peak(mdtype, mmeta.scale, mmeta.offset, msi)
     else:
         pl = pm = peak
         why_l = why_m = "given" if peak != "band-max" else "per band max"
-    rl = compute_metrics(lr, lr_hat, peak=pl, ssim=False, uiqi=False, maps=False)
-    rm = compute_metrics(msi, msi_hat, peak=pm, ssim=False, uiqi=False, maps=False)
-    q = qnr(fused, lr, msi, msi_lr)
-    summary = {
-        "lr_consistency_psnr": rl.summary["psnr"], "lr_consistency_sam": rl.summary["sam"],
-        "lr_consistency_rmse": rl.summary["rmse"],
-        "msi_consistency_psnr": rm.summary["psnr"], "msi_consistency_rmse": rm.summary["rmse"],
-        **q,
-    }
-    conventions = {
-        "scale": s, "psf": describe_psf(psf), "psf_rule": notes["psf"], "srf_rule": notes["srf"],
-        "srf_matrix": srf_mat.tolist(),
-        "lr_peak": pl if not isinstance(pl, str) else pl, "lr_peak_rule": why_l,
-        "msi_peak": pm if not isinstance(pm, str) else pm, "msi_peak_rule": why_m,
-        "lr_consistency": "PSNR/SAM of spatial_degrade(FUSED, PSF) against LR (masked as compute_metrics)",
-        "msi_consistency": "PSNR of SRF·FUSED against MSI",
-        "qnr": ("Alparone et al. 2008, p=q=1, alpha=beta=1; Q = Wang-Bovik on non-overlapping 32x32 blocks "
-                "(min(32,h,w) on the LR grid); D_s averaged over all (HSI band, MSI band) pairs with MSI_lr = "
-                "spatial_degrade(MSI, PSF)"),
-    }
+    summary, conventions = no_reference_metrics(fused, lr, msi, psf, srf_mat, pl, pm, psf_rule, srf_rule)
+    q = summary
+    notes = {"psf": conventions["psf_rule"], "srf": conventions["srf_rule"]}
+    conventions = {**conventions, "lr_peak_rule": why_l, "msi_peak_rule": why_m}
     result = {"mode": "no-reference", "fused": str(fused_path), "lr": str(lr_path), "msi": str(msi_path),
               "summary": summary, "conventions": conventions}
     if json_out:

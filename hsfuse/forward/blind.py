@@ -467,7 +467,7 @@ def plot_estimate(path: str | Path, est: BlindEstimate, lr_wavelengths: np.ndarr
     try:
         import matplotlib
     except ImportError:
-        raise UsageError("--plot needs matplotlib: pip install 'hsfuse[plot]' (or matplotlib)") from None
+        raise UsageError("{plot} needs matplotlib: pip install 'hsfuse[plot]' (or matplotlib)", options=("plot",)) from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

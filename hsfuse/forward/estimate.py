@@ -645,7 +645,7 @@ def _check_signal(lr: np.ndarray, msi: np.ndarray, lr_path=None, msi_path=None) 
             raise InputError(f"the {name} has no valid pixels (everything is nodata/NaN)", path)
         if not varies:
             raise InputError(f"the {name} is constant: the PSF and SRF are not identifiable from this pair "
-                             "(give --psf and --srf, or --protocol)", path)
+                             "(give {psf} and {srf}, or {protocol})", path, options=("psf", "srf", "protocol"))
 
 
 def _central_window(lr_src, msi_src, scale: int, need: int, window: int | None, cache: dict | None = None):

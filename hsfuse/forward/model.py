@@ -183,8 +183,8 @@ def resolve_forward_model(cfg, scale: int, lr_src, msi_src, notify=None) -> Forw
         if est.residual > RESIDUAL_FAIL and not cfg.force:
             raise InputError(f"the MSI does not match the LR cube (relative residual {est.residual:.2f} of the "
                              "forward-model fit, > " f"{RESIDUAL_FAIL:g}): another scene or date, grossly misregistered "
-                             "grids, or swapped files; give --psf and --srf (or --protocol) and --force to fuse anyway",
-                             msi_src.path)
+                             "grids, or swapped files; give {psf} and {srf} (or {protocol}) and {force} to fuse anyway",
+                             msi_src.path, options=("psf", "srf", "protocol", "force"))
         if notify:
             notify(est.summary())
             for wmsg in est.warnings:

@@ -112,10 +112,10 @@ class Protocol:
     def resolve_scale(self, scale: int | None) -> int:
         if self.scale is not None:
             if scale is not None and int(scale) != self.scale:
-                raise UsageError(f"protocol {self.name} fixes the scale at {self.scale}; drop --scale {scale}")
+                raise UsageError(f"protocol {self.name} fixes the scale at {self.scale}; drop {{scale}} {scale}", options=("scale",))
             return self.scale
         if scale is None:
-            raise UsageError(f"protocol {self.name} needs --scale")
+            raise UsageError(f"protocol {self.name} needs {{scale}}", options=("scale",))
         return int(scale)
 
     def build_psf(self, scale: int | None = None, srf_path: str | Path | None = None, border: str | None = None) -> Psf:

@@ -215,20 +215,20 @@ def make_psf(kind: str, scale: int, *, sigma: float | None = None, form: str = "
     from ..errors import UsageError
 
     if int(scale) != scale or scale < 1:
-        raise UsageError(f"--scale must be a positive integer, got {scale}")
+        raise UsageError(f"{{scale}} must be a positive integer, got {scale}", options=("scale",))
     scale = int(scale)
     if form not in FORMS:
-        raise UsageError(f"--form must be one of {', '.join(FORMS)}, got '{form}'")
+        raise UsageError(f"{{form}} must be one of {', '.join(FORMS)}, got '{form}'", options=("form",))
     if border not in BORDERS:
-        raise UsageError(f"--border must be one of {', '.join(BORDERS)}, got '{border}'")
+        raise UsageError(f"{{border}} must be one of {', '.join(BORDERS)}, got '{border}'", options=("border",))
     if sigma is not None and not sigma > 0:
-        raise UsageError(f"--sigma must be > 0, got {sigma}")
+        raise UsageError(f"{{sigma}} must be > 0, got {sigma}", options=("sigma",))
     kind_l = kind.lower()
     if kind_l == "gaussian":
         sig = scale / FWHM_PER_SIGMA if sigma is None else float(sigma)
         if form == "block":
             if pad not in (None, 0):
-                raise UsageError("--pad does not apply to --form block (blocks start at pixel 0)")
+                raise UsageError("{pad} does not apply to {form} block (blocks start at pixel 0)", options=("pad", "form"))
             psf = Psf(gaussian_kernel(scale, sig), scale, pad=0, border=border,
                       name=f"gaussian-block(sigma={sig:g},size={scale})")
         else:
@@ -238,17 +238,18 @@ def make_psf(kind: str, scale: int, *, sigma: float | None = None, form: str = "
         psf.sigma = sig  # type: ignore[attr-defined]
         return psf
     if sigma is not None:
-        raise UsageError("--sigma only applies to --psf gaussian")
+        raise UsageError("{sigma} only applies to {psf} gaussian", options=("sigma", "psf"))
     if kind_l == "box":
         if pad not in (None, 0):
-            raise UsageError("--pad does not apply to --psf box (non-overlapping s×s blocks)")
+            raise UsageError("{pad} does not apply to {psf} box (non-overlapping s×s blocks)", options=("pad", "psf"))
         return Psf(box_kernel(scale), scale, pad=0, border=border, name="box")
     kernel = load_kernel(kind)
     if form == "block":
         if kernel.shape[0] != scale:
-            raise UsageError(f"--form block needs a kernel of size scale={scale}, the file has {kernel.shape[0]}")
+            raise UsageError(f"{{form}} block needs a kernel of size scale={scale}, the file has {kernel.shape[0]}",
+                             options=("form",))
         if pad not in (None, 0):
-            raise UsageError("--pad does not apply to --form block")
+            raise UsageError("{pad} does not apply to {form} block", options=("pad", "form"))
         return Psf(kernel, scale, pad=0, border=border, name=f"file-block({kind})")
     return Psf(kernel, scale, pad=pad, border=border, name=f"file({kind})")
 

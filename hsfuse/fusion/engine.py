@@ -111,7 +111,7 @@ def _nvidia_driver_present() -> bool:
 def resolve_device(device: str) -> str:
     device = (device or "auto").lower()
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise UsageError(f"--device must be auto, cpu or cuda, got '{device}'")
+        raise UsageError(f"{{device}} must be auto, cpu or cuda, got '{device}'", options=("device",))
     if device == "cpu":
         return "cpu"
     if device == "auto" and "torch" not in sys.modules and not _nvidia_driver_present():
@@ -121,7 +121,8 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if not torch.cuda.is_available():
-        raise UsageError("--device cuda requested but no CUDA device is available (torch.cuda.is_available() is False)")
+        raise UsageError("{device} cuda requested but no CUDA device is available (torch.cuda.is_available() is False)",
+                         options=("device",))
     return device
 
 
@@ -392,7 +393,7 @@ def make_plan(lr: CubeSource, msi: CubeSource, cfg: FuseConfig, notify: Callable
     scale = infer_scale(lr, msi)
     grid_problems = check_grids(lr, msi, scale)
     if grid_problems and not cfg.force:
-        raise InputError("; ".join(grid_problems) + " (--force fuses anyway, on the MSI's grid)", msi.path)
+        raise InputError("; ".join(grid_problems) + " ({force} fuses anyway, on the MSI's grid)", msi.path, options=("force",))
     for prob in grid_problems:
         if notify:
             notify(f"warning: {prob} (fusing anyway: --force)")
@@ -428,11 +429,11 @@ def make_plan(lr: CubeSource, msi: CubeSource, cfg: FuseConfig, notify: Callable
     if srf is None and entry.needs_srf:
         srf_source = "estimated from the inputs by least squares"
     if cfg.tile < 1:
-        raise UsageError(f"--tile must be positive, got {cfg.tile}")
+        raise UsageError(f"{{tile}} must be positive, got {cfg.tile}", options=("tile",))
     tile_lr = max(1, cfg.tile // scale)
     overlap_hr = entry.default_overlap if cfg.overlap is None else cfg.overlap
     if overlap_hr < 0:
-        raise UsageError(f"--overlap must be >= 0, got {overlap_hr}")
+        raise UsageError(f"{{overlap}} must be >= 0, got {overlap_hr}", options=("overlap",))
     half = math.ceil(overlap_hr / (2 * scale)) if overlap_hr else 0
     # one half-overlap for both axes, at most half the smallest core (bands must not meet)
     for n in (lr.height, lr.width):
@@ -442,7 +443,7 @@ def make_plan(lr: CubeSource, msi: CubeSource, cfg: FuseConfig, notify: Callable
     rows, cols = spans(lr.height, tile_lr, half), spans(lr.width, tile_lr, half)
     precision = cfg.precision.lower()
     if precision not in ("fp32", "bf16", "fp16"):
-        raise UsageError(f"--precision must be fp32, bf16 or fp16, got '{cfg.precision}'")
+        raise UsageError(f"{{precision}} must be fp32, bf16 or fp16, got '{cfg.precision}'", options=("precision",))
     return FusePlan(
         scale=scale, lr_shape=lr.shape, msi_shape=msi.shape, out_shape=(lr.bands, msi.height, msi.width),
         model=entry, model_reason=reason, weights=weights, device=device,
@@ -491,14 +492,15 @@ def output_encoding(lr: CubeSource, meta: CubeMeta, out_dtype: str) -> tuple[Cub
         try:
             dtype = np.dtype(name)
         except TypeError:
-            raise UsageError(f"--dtype must be float32, float64, same or an integer type, got '{out_dtype}'") from None
+            raise UsageError(f"{{dtype}} must be float32, float64, same or an integer type, got '{out_dtype}'",
+                             options=("dtype",)) from None
     if dtype.kind == "f":
         return meta, dtype
     if dtype.kind not in "iu":
-        raise UsageError(f"--dtype {dtype.name} is not a numeric type a cube file can hold")
+        raise UsageError(f"{{dtype}} {dtype.name} is not a numeric type a cube file can hold", options=("dtype",))
     if np.dtype(lr.dtype).kind not in "iu":
-        raise UsageError(f"--dtype {dtype.name} reuses the LR's integer encoding, but {lr.path.name} is stored as "
-                         f"{np.dtype(lr.dtype).name}: use float32")
+        raise UsageError(f"{{dtype}} {dtype.name} reuses the LR's integer encoding, but {lr.path.name} is stored as "
+                         f"{np.dtype(lr.dtype).name}: use float32", options=("dtype",))
     info = np.iinfo(dtype)
     nodata = lr.meta.nodata if lr.meta.nodata is not None and np.isfinite(lr.meta.nodata) else \
         float(info.max if dtype.kind == "u" else info.min)

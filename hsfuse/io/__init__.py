@@ -64,7 +64,8 @@ def format_for(path: str | Path, fmt: str | None = None, *, for_writing: bool = 
     name = EXTENSIONS.get(path.suffix.lower())
     if name is None:
         known = ", ".join(sorted(EXTENSIONS))
-        raise FormatError(f"unknown file extension '{path.suffix}' (known: {known}, or a folder of band images; use --format to override)", path)
+        raise FormatError(f"unknown file extension '{path.suffix}' (known: {known}, or a folder of band images; use {{format}} "
+                          "to override)", path, options=("format",))
     return name
 
 
@@ -160,7 +161,7 @@ def check_writable(path: str | Path, fmt: str | None = None, overwrite: bool = F
     if not overwrite:
         for f in mod.output_files(path):
             if f.exists():
-                raise OutputError(f"output {f} exists (use --overwrite to replace it)", path)
+                raise OutputError(f"output {f} exists (use {{overwrite}} to replace it)", path, options=("overwrite",))
     return name
 
 

@@ -66,7 +66,7 @@ def _choose(path: Path, variables: list[tuple[str, tuple, str]], var: str | None
     if not cubes:
         raise FormatError(f"no 3-D numeric array in the file (variables: {listing})", path)
     if len(cubes) > 1:
-        raise FormatError(f"several 3-D arrays ({', '.join(cubes)}): choose one with --var", path)
+        raise FormatError(f"several 3-D arrays ({', '.join(cubes)}): choose one with {{var}}", path, options=("var",))
     return cubes[0]
 
 

@@ -49,7 +49,7 @@ def _weights_for_scale(model: str, scale: int) -> Path:
     try:
         entry = get_model(model)
     except UsageError:
-        raise ModelError(f"model '{model}' is not in the registry: pass the weights with --opt weights=STEM") from None
+        raise ModelError(f"model '{model}' is not in the registry: pass its weights as the model option weights=STEM") from None
     tried = []
     for stem in entry.weights:
         p = weights_dir() / stem
@@ -146,7 +146,7 @@ class NetworkFuser(Fuser):
             raise ModelError(f"option lr_consistency must be auto, on or off, got {mode!r}")
         self.lr_consistency = LR_CONSISTENCY[mode] if mode != "auto" else bool(problem.psf_exact)
         if self.lr_consistency and problem.psf is None:
-            raise ModelError("option lr_consistency=on needs the PSF (give --psf or --protocol)")
+            raise ModelError("option lr_consistency=on needs the PSF (give {psf} or {protocol})", options=("psf", "protocol"))
         extra = consistency_halo(problem.psf) if self.lr_consistency else 0
         self.net_need = net_halo + (self.align - 1) + extra  # LR context the network and LR consistency need
         self.halo_bound = self.net_need + prior_halo

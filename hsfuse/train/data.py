@@ -73,7 +73,7 @@ def forward_model(protocol: str, scale: int = 0, psf_sigma: float = 0.0, srf_fil
     if protocol != "custom":
         return preset_forward_model(protocol)
     if scale < 1 or not srf_file:
-        raise UsageError("protocol 'custom' needs --scale and --srf-file")
+        raise UsageError("protocol 'custom' needs {scale} and {srf_file}", options=("scale", "srf_file"))
     psf = Psf.gaussian(scale, psf_sigma or None)
     return ForwardModel(psf=psf, psf_source="custom", srf=_load_srf_file(srf_file), srf_source=Path(srf_file).name,
                         exact=True)

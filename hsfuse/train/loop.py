@@ -362,8 +362,8 @@ class TrainingRun:
             try:
                 net.load_state_dict(state, strict=True)
             except RuntimeError as e:
-                raise ModelError(f"--init-weights do not fit this network: {' '.join(str(e).split())[:200]}",
-                                 cfg.init_weights) from None
+                raise ModelError(f"{{init_weights}} do not fit this network: {' '.join(str(e).split())[:200]}",
+                                 cfg.init_weights, options=("init_weights",)) from None
             self.say(f"initialised from {cfg.init_weights} ({rec.get('steps')} steps)")
         self.net = net
         self.bundle = _bundle_cls()(net, make_loss(cfg.model, cfg.weights, self.fm), cfg.weights, teacher, adapter).to(self.device)
@@ -381,7 +381,7 @@ class TrainingRun:
         import torch
 
         if not self.ckpt_path.exists():
-            raise InputError("--resume: no checkpoint in the run folder", self.ckpt_path)
+            raise InputError("{resume}: no checkpoint in the run folder", self.ckpt_path, options=("resume",))
         ck = load_checkpoint(self.ckpt_path, self.device)
         self.bundle.load_state_dict(ck["model"])
         self.opt.load_state_dict(ck["optimizer"])
@@ -435,7 +435,7 @@ class TrainingRun:
         self.step_no += 1
         lv = float(loss.detach())
         if not math.isfinite(lv):
-            raise InputError(f"loss became {lv} at step {self.step_no}: lower --lr or check the data")
+            raise InputError(f"loss became {lv} at step {self.step_no}: lower {{lr}} or check the data", options=("lr",))
         self.losses.append(lv)
         if self.dist.main:
             row = [self.step_no, lv] + [float(parts[k].detach()) if k in parts else "" for k in self.part_names]

@@ -36,7 +36,7 @@ def build_net(model: str, bands: int, msi_bands: int, scale: int, prior: bool, o
     try:
         return _build_net(model, bands, msi_bands, scale, prior, over)
     except (TypeError, ValueError) as e:
-        raise UsageError(f"cannot build {model} with --model-kwargs {over}: {e}") from None
+        raise UsageError(f"cannot build {model} with {{model_kwargs}} {over}: {e}", options=("model_kwargs",)) from None
 
 
 def _build_net(model: str, bands: int, msi_bands: int, scale: int, prior: bool, over: dict[str, Any]):

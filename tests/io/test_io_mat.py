@@ -66,7 +66,7 @@ def test_plain_h5py_file_has_reversed_axes(tmp_path, stored):
 def test_variable_choice(tmp_path):
     path = tmp_path / "two.mat"
     scipy.io.savemat(path, {"A": _hwc(), "B": _hwc("uint8"), "v": np.arange(4.0)})
-    with pytest.raises(FormatError, match=r"several 3-D arrays \(A, B\): choose one with --var"):
+    with pytest.raises(FormatError, match=r"several 3-D arrays \(A, B\): choose one with option 'var'"):
         open_cube(path)
     _check(path, _hwc("uint8"), var="B")
     with pytest.raises(UsageError, match="no variable 'Z'.*3-D arrays: A, B"):
