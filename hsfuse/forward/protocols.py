@@ -54,7 +54,7 @@ def find_mhf_response(srf_path: str | Path | None = None) -> Path:
         if p.is_file():
             return p
     raise InputError("cannot find the MHF-Net response_coefficient.mat (variables C and R): give it with "
-                     f"${ENV_MHF} (or the degrade command's --srf-file); looked in {', '.join(tried)}")
+                     f"${ENV_MHF} (or {{srf_file}}); looked in {', '.join(tried)}", options=("srf_file",))
 
 
 def load_mhf_response(srf_path: str | Path | None = None) -> tuple[np.ndarray, np.ndarray, Path]:
