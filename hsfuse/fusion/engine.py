@@ -386,6 +386,17 @@ def choose_model(lr: CubeSource, msi: CubeSource, scale: int, srf: np.ndarray | 
     return get_model("gsa"), None, f"no pretrained model fits these inputs{tail}; using classical detail injection 'gsa'"
 
 
+def tile_grid(h: int, w: int, tile_lr: int, overlap_hr: int, scale: int) -> tuple[int, list[Span], list[Span]]:
+    """(half-overlap in LR pixels, row spans, column spans) of an h×w LR grid in tiles of ``tile_lr``."""
+    half = math.ceil(overlap_hr / (2 * scale)) if overlap_hr else 0
+    # one half-overlap for both axes, at most half the smallest core (bands must not meet)
+    for n in (h, w):
+        cores = [sp.c1 - sp.c0 for sp in spans(n, tile_lr, 0)]
+        if len(cores) > 1:
+            half = min(half, min(cores) // 2)
+    return half, spans(h, tile_lr, half), spans(w, tile_lr, half)
+
+
 def make_plan(lr: CubeSource, msi: CubeSource, cfg: FuseConfig, notify: Callable[[str], None] | None = None) -> FusePlan:
     from ..forward.model import resolve_forward_model
 
@@ -434,13 +445,7 @@ def make_plan(lr: CubeSource, msi: CubeSource, cfg: FuseConfig, notify: Callable
     overlap_hr = entry.default_overlap if cfg.overlap is None else cfg.overlap
     if overlap_hr < 0:
         raise UsageError(f"{{overlap}} must be >= 0, got {overlap_hr}", options=("overlap",))
-    half = math.ceil(overlap_hr / (2 * scale)) if overlap_hr else 0
-    # one half-overlap for both axes, at most half the smallest core (bands must not meet)
-    for n in (lr.height, lr.width):
-        cores = [sp.c1 - sp.c0 for sp in spans(n, tile_lr, 0)]
-        if len(cores) > 1:
-            half = min(half, min(cores) // 2)
-    rows, cols = spans(lr.height, tile_lr, half), spans(lr.width, tile_lr, half)
+    half, rows, cols = tile_grid(lr.height, lr.width, tile_lr, overlap_hr, scale)
     precision = cfg.precision.lower()
     if precision not in ("fp32", "bf16", "fp16"):
         raise UsageError(f"{{precision}} must be fp32, bf16 or fp16, got '{cfg.precision}'", options=("precision",))
@@ -651,7 +656,7 @@ def stream_tiles(plan: FusePlan, fuser: Fuser, prep: _Prepared, msi: CubeSource,
                 pred = np.asarray(fuser.fuse_tile(lr_in, msi_in), dtype=np.float32)
                 expect = (C, (R.e1 - R.e0 + top + bottom) * s, (Cs.e1 - Cs.e0 + left + right) * s)
                 if pred.shape != expect:
-                    raise ModelError(f"model '{plan.model.name}' returned a tile of shape {pred.shape}, expected {expect}")
+                    raise ModelError(f"model '{fuser.name}' returned a tile of shape {pred.shape}, expected {expect}")
                 pred = pred[:, hs[0], hs[1]]
             if o:
                 pred = pred * (ramp(R, o, s)[:, None] * ramp(Cs, o, s)[None, :])[None]
@@ -757,6 +762,24 @@ def fuse_arrays(lr: np.ndarray, msi: np.ndarray, cfg: FuseConfig | None = None,
     cfg = cfg or FuseConfig()
     lr_src, msi_src = ArraySource(lr, lr_meta, "<lr>"), ArraySource(msi, msi_meta, "<msi>")
     _, _, sink = run(lr_src, msi_src, cfg, lambda plan: ArraySink(plan.out_shape))
+    return sink.data
+
+
+def fuse_with(fuser: Fuser, lr: np.ndarray, msi: np.ndarray, psf: Psf, tile: int, overlap: int = 0) -> np.ndarray:
+    """A fuser already built, over numpy arrays, through the engine's tiling (fit, halo, mirrored borders,
+    blending); no planning, estimation or clipping. Training validates its networks with it, so the numbers
+    it reports come from the tiler ``hsfuse fuse`` runs."""
+    s = psf.scale
+    lr_src, msi_src = ArraySource(lr, None, "<lr>"), ArraySource(msi, None, "<msi>")
+    tile_lr = max(1, int(tile) // s)
+    half, rows, cols = tile_grid(lr.shape[1], lr.shape[2], tile_lr, overlap, s)
+    plan = FusePlan(scale=s, lr_shape=lr.shape, msi_shape=msi.shape, out_shape=(lr.shape[0], *msi.shape[1:]),
+                    model=None, model_reason="given", weights=None, device=fuser.device, precision=fuser.precision,
+                    tile_lr=tile_lr, half_overlap_lr=half, row_spans=rows, col_spans=cols, psf=psf,
+                    psf_source="given", srf=fuser.problem.srf, srf_source="given", clip={"min": None})
+    sink = ArraySink(plan.out_shape)
+    with sink:
+        stream_tiles(plan, fuser, prepare(lr_src, msi_src, fuser, plan, None), msi_src, sink, None)
     return sink.data
 
 

@@ -121,13 +121,18 @@ class NetworkFuser(Fuser):
     name = "network"
 
     def __init__(self, problem: FusionProblem, device: str = "cpu", precision: str = "fp32",
-                 weights: str | Path | None = None):
+                 weights: str | Path | None = None, network: Any = None):
         super().__init__(problem, device, precision)
         if precision not in ("fp32", "bf16", "fp16"):
             raise ModelError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
-        stem = weights or problem.options.get("weights") or _weights_for_scale(self.name, problem.scale)
-        self.weights_path = Path(stem)
-        self.net, self.record = load_checked(self.weights_path, problem, build_network)
+        if network is not None:  # a network in memory (training validation): no weights file, nothing to check
+            from ..weights import WeightsRecord
+
+            self.weights_path, self.net, self.record = None, network, WeightsRecord()
+        else:
+            stem = weights or problem.options.get("weights") or _weights_for_scale(self.name, problem.scale)
+            self.weights_path = Path(stem)
+            self.net, self.record = load_checked(self.weights_path, problem, build_network)
         self.net.to(device).eval()
         self.prior_fuser, prior_halo = prior_for(self.net, problem, device)
         net_halo = int(math.ceil(self.net.receptive_radius_hr(problem.scale) / problem.scale))
@@ -209,7 +214,8 @@ class NetworkFuser(Fuser):
         return y
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "halo_lr": self.halo_lr, "halo_bound_lr": self.halo_bound, "weights": str(self.weights_path),
+        return {"name": self.name, "halo_lr": self.halo_lr, "halo_bound_lr": self.halo_bound,
+                "weights": None if self.weights_path is None else str(self.weights_path),
                 "architecture": self.record.get("architecture"), "prior": bool(getattr(self.net, "prior", False)),
                 "scales": self.record.get("scales"), "protocol": self.record.get("protocol"),
                 "parameters": self.record.get("parameters"), "tta": self.tta,

@@ -197,20 +197,27 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def predict_scene(net, lr: np.ndarray, msi: np.ndarray, prior: np.ndarray | None, device: str,
-                  tile: int = 0, halo_lr: int | None = None) -> np.ndarray:
-    """Run the network on a whole scene (or in ``tile`` x ``tile`` HR tiles with a mirrored halo)."""
+                  tile: int = 0, fm=None) -> np.ndarray:
+    """The network's estimate of a whole scene; with ``tile`` > 0 through the engine's tiler (``fusion.engine.fuse_with``:
+    halo, mirrored borders, the GSA prior fitted on the whole scene, as ``hsfuse fuse`` runs it, without LR
+    consistency so that tiled and whole-scene numbers compare) on the forward model ``fm``."""
     import torch
 
-    from ..models.csakd_fuser import run_tiled
+    if tile > 0:
+        from ..fusion.base import FusionProblem
+        from ..fusion.engine import fuse_with
+        from ..models.zoo_fuser import NetworkFuser
 
+        problem = FusionProblem(scale=fm.scale, lr_bands=lr.shape[0], msi_bands=msi.shape[0], psf=fm.psf, srf=fm.srf,
+                                options={"lr_consistency": "off"})
+        out = fuse_with(NetworkFuser(problem, device, network=net), lr, msi, fm.psf, tile)
+        return out
     net.eval()
     with torch.no_grad():
-        if tile <= 0:
-            t = lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a))[None].to(device)
-            with _autocast(device):
-                out = net(t(lr), t(msi), t(prior))
-            return out[0].float().cpu().numpy()
-        return run_tiled(net, lr, msi, prior, tile, halo_lr, device)
+        t = lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a))[None].to(device)  # noqa: E731
+        with _autocast(device):
+            out = net(t(lr), t(msi), t(prior))
+        return out[0].float().cpu().numpy()
 
 
 def _autocast(device: str, precision: str = "bf16"):
@@ -245,13 +252,15 @@ class TrainResult:
         return d
 
 
-def evaluate_scenes(net, scenes, scale: int, device: str, tile: int = 0, baselines: dict | None = None) -> dict[str, Any]:
-    """Per-scene and mean metrics of the model (and GSA prior / bicubic baselines if not cached)."""
+def evaluate_scenes(net, scenes, fm, device: str, tile: int = 0, baselines: dict | None = None) -> dict[str, Any]:
+    """Per-scene and mean metrics of the model (and GSA prior / bicubic baselines if not cached) on the forward model
+    ``fm`` the scenes were simulated with."""
     from .data import bicubic
 
+    scale = fm.scale
     per: dict[str, dict[str, dict[str, float]]] = {"model": {}, "gsa": {}, "bicubic": {}}
     for sc in scenes:
-        est = predict_scene(net, sc.lr, sc.msi, sc.prior, device, tile)
+        est = predict_scene(net, sc.lr, sc.msi, sc.prior, device, tile, fm)
         per["model"][sc.name] = quick_metrics(sc.hr, est, scale)
         if baselines is None:
             if sc.prior is not None:
@@ -448,11 +457,11 @@ class TrainingRun:
         if self._last_val[0] == self.step_no:
             return self._last_val[1]
         cfg = self.cfg
-        res = evaluate_scenes(self.pred, self.val_scenes, self.fm.scale, self.device, cfg.val_tile, self.baselines)
+        res = evaluate_scenes(self.pred, self.val_scenes, self.fm, self.device, cfg.val_tile, self.baselines)
         self.baselines = {k: res[k] for k in ("gsa", "bicubic") if k in res} if "gsa" in res else None
         if self.val_joint:  # the second scale factor's numbers ride along (not in the history's means)
             res = {**res, "joint_scale": {"scale": cfg.joint_scale, "psf": self.fm_joint.psf.name,
-                                          **evaluate_scenes(self.pred, self.val_joint, cfg.joint_scale, self.device, cfg.val_tile)}}
+                                          **evaluate_scenes(self.pred, self.val_joint, self.fm_joint, self.device, cfg.val_tile)}}
         self._last_val[:] = [self.step_no, res]
         self.net.train()
         return res

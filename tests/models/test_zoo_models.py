@@ -434,8 +434,11 @@ def test_receptive_radius_bounds_the_dependence(arch, scale, extra):
 @pytest.mark.parametrize("arch,scale", [("mftn", 4), ("hyfusion", 4), ("mulsr", 8), ("refine", 4)])
 def test_tiled_equals_untiled_with_receptive_halo(arch, scale):
     """With the receptive-radius halo, tiles cut on the window/stride grid reproduce the untiled result."""
-    from hsfuse.models.csakd_fuser import run_tiled
+    from hsfuse.forward.psf import make_psf
+    from hsfuse.fusion.base import FusionProblem
+    from hsfuse.fusion.engine import fuse_with
     from hsfuse.models.networks.mulsr import SelectOutput
+    from hsfuse.models.zoo_fuser import NetworkFuser
 
     torch.manual_seed(0)
     net = build_network(arch, {"bands": 5, "msi_bands": 3, "scale": scale, **TINY[arch]})
@@ -445,9 +448,12 @@ def test_tiled_equals_untiled_with_receptive_halo(arch, scale):
     net = SelectOutput(net) if arch == "mulsr" else net
     rng = np.random.default_rng(0)
     lr, msi = rng.random((5, 8, 4), dtype=np.float32), rng.random((3, 8 * scale, 4 * scale), dtype=np.float32)
-    halo = -(-net.receptive_radius_hr(scale) // scale)
-    full = run_tiled(net, lr, msi, None, 10 ** 6, halo)
-    tiled = run_tiled(net, lr, msi, None, 4 * scale, halo)  # two tiles of 4x4 LR pixels
+    psf = make_psf("gaussian", scale)
+    problem = FusionProblem(scale=scale, lr_bands=5, msi_bands=3, psf=psf, options={"lr_consistency": "off"})
+    fuser = NetworkFuser(problem, network=net)
+    assert fuser.halo_lr == -(-net.receptive_radius_hr(scale) // scale) + fuser.align - 1  # no prior: the network's
+    full = fuse_with(fuser, lr, msi, psf, 10 ** 6)
+    tiled = fuse_with(fuser, lr, msi, psf, 4 * scale)  # two tiles of 4x4 LR pixels, through the engine's tiler
     np.testing.assert_allclose(tiled, full, atol=1e-5)
 
 

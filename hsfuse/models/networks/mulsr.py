@@ -214,6 +214,7 @@ class SelectOutput(nn.Module):
         super().__init__()
         self.net = net
         self.prior = net.prior
+        self.scale, self.small_scale = net.scale, net.small_scale  # the tiler aligns tiles at the small scale
 
     def forward(self, lr: torch.Tensor, msi: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:
         return self.net.predict(lr, msi, prior)
