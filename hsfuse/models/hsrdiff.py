@@ -10,9 +10,10 @@ import numpy as np
 import torch
 
 from ..errors import ModelError, UsageError
-from ..fusion.base import Fuser, FusionProblem
+from ..fusion.base import FusionProblem
 from . import diffusion as D
 from .networks.cdformer import CDFormer, count_parameters
+from .zoo_fuser import NetworkFuser
 
 
 def _autocast(device: str, precision: str):
@@ -21,8 +22,9 @@ def _autocast(device: str, precision: str):
     return autocast(device, precision)
 
 
-class HSRDiffFuser(Fuser):
-    """HSR-Diff sampling per tile with tile-consistent noise.
+class HSRDiffFuser(NetworkFuser):
+    """HSR-Diff sampling per tile with tile-consistent noise: a ``NetworkFuser`` whose prediction is DDIM/ancestral
+    sampling (loading, record checks, the GSA prior, halo, tiling and LR consistency are those of every network).
 
     Options (``problem.options`` / ``--option``): ``weights`` (stem; the engine sets it),
     ``steps`` (default 8), ``sampler`` ("ddim" η=0, default, or "ancestral" η=1; ancestral
@@ -38,14 +40,25 @@ class HSRDiffFuser(Fuser):
     name = "hsr-diff"
 
     def __init__(self, problem: FusionProblem, device: str = "cpu", precision: str = "fp32",
-                 weights: str | Path | None = None):
-        super().__init__(problem, device, precision)
-        if precision not in ("fp32", "bf16", "fp16"):
-            raise ModelError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
-        self.weights_path = None if (weights or problem.options.get("weights")) is None else Path(weights or problem.options["weights"])
-        self.net, self.record = self._load_network()
+                 weights: str | Path | None = None, network: Any = None):
+        self._given_origin: tuple[int, int] | None = None
+        self._scene_lr: np.ndarray | None = None
+        self._last: tuple[int, int] | None = None
+        self.origin_source = "none yet"
+        super().__init__(problem, device, precision, weights, network)
+        self.tile_origin: tuple[int, int] | None = None  # an engine may set this before fuse_tile
+
+    # -- NetworkFuser hooks
+
+    def _load_network(self) -> tuple[CDFormer, dict[str, Any]]:
+        """(network, record) from ``weights``; tests override this to build an untrained network."""
+        if not (self._weights or self.problem.options.get("weights")):
+            raise ModelError("hsr-diff needs trained weights (not yet trained: none are shipped; see docs/models/hsr-diff.md)")
+        return super()._load_network()
+
+    def _configure(self) -> None:
         self.schedule = D.NoiseSchedule.from_dict(self.record.get("diffusion"))
-        opts = problem.options
+        opts = self.problem.options
         self.sampler = str(opts.get("sampler", "ddim")).lower()
         if self.sampler not in D.SAMPLERS:
             raise UsageError(f"sampler must be one of {', '.join(D.SAMPLERS)}, got {self.sampler!r}")
@@ -57,60 +70,48 @@ class HSRDiffFuser(Fuser):
             raise UsageError(f"steps and seed must be integers: {e}") from None
         if not 1 <= self.steps <= self.schedule.timesteps:
             raise UsageError(f"steps must be in 1..{self.schedule.timesteps}, got {self.steps}")
+        if int(opts.get("tta", 1)) != 1:
+            raise UsageError("hsr-diff samples on the scene grid: option tta (flipped passes) does not apply")
         self.eta = 0.0 if self.sampler == "ddim" else 1.0
-        self.net.to(device).eval()
-        from .zoo_fuser import prior_for
 
-        self.prior_fuser, prior_halo = prior_for(self.net, problem, device)  # prior=True: refines GSA
-        self.halo_bound = self.net.halo_lr(problem.scale, self.steps) + prior_halo
-        self.halo_lr = int(opts.get("halo_lr", self.halo_bound))
-        self.tile_origin: tuple[int, int] | None = None  # an engine may set this before fuse_tile
-        self._scene_lr: np.ndarray | None = None
-        self._last: tuple[int, int] | None = None
-        self.origin_source = "none yet"
+    def _network_halo(self) -> int:
+        return self.net.halo_lr(self.problem.scale, self.steps)
 
-    # -- weights
-    def _load_network(self) -> tuple[CDFormer, dict[str, Any]]:
-        """(network, record) from ``weights``; tests override this to build an untrained network."""
-        from .architectures import build_network
-        from .zoo_fuser import load_checked
+    def _input_origin(self, lr: np.ndarray) -> tuple[int, int]:
+        return self._origin(lr, self._given_origin)
 
-        if self.weights_path is None:
-            raise ModelError("hsr-diff needs trained weights (not yet trained: none are shipped; see docs/models/hsr-diff.md)")
-        return load_checked(self.weights_path, self.problem, build_network)
+    def _predict(self, lr_t, msi_t, prior_t, origin: tuple[int, int]):
+        c, hh, ww = lr_t.shape[1], msi_t.shape[2], msi_t.shape[3]
+        with torch.no_grad():
+            with _autocast(self.device, self.precision):
+                cond = self.net.encode(lr_t, msi_t, origin, prior_t)
+
+            def denoise(x, level):
+                with _autocast(self.device, self.precision):
+                    return self.net.denoise(x, level, cond).float()
+
+            noise = D.tile_noise_fn(self.seed, (c, hh, ww), origin[0], origin[1], self.device)
+            y = self.net.from_latent(D.sample(denoise, self.schedule, steps=self.steps, eta=self.eta, noise=noise), cond)
+        return y.float()
 
     # -- engine interface
+
     def fit(self, lr: np.ndarray, msi_lr: np.ndarray) -> None:
         self._scene_lr = np.asarray(lr, np.float32)
         self._last = None
-        if self.prior_fuser is not None:
-            self.prior_fuser.fit(lr, msi_lr)
+        super().fit(lr, msi_lr)
 
     def fuse_tile(self, lr: np.ndarray, msi: np.ndarray, origin: tuple[int, int] | None = None) -> np.ndarray:
-        lr = np.nan_to_num(np.asarray(lr, np.float32))
-        msi = np.nan_to_num(np.asarray(msi, np.float32))
-        origin = self._origin(lr, origin)
-        dev = self.device
-        t = lambda a: torch.from_numpy(np.ascontiguousarray(a))[None].to(dev)
-        c, hh, ww = lr.shape[0], msi.shape[1], msi.shape[2]
-        prior = None
-        if self.prior_fuser is not None:
-            prior = t(np.asarray(self.prior_fuser.fuse_tile(lr, msi), np.float32))
-        with torch.no_grad():
-            with _autocast(dev, self.precision):
-                cond = self.net.encode(t(lr), t(msi), origin, prior)
-
-            def denoise(x, level):
-                with _autocast(dev, self.precision):
-                    return self.net.denoise(x, level, cond).float()
-
-            noise = D.tile_noise_fn(self.seed, (c, hh, ww), origin[0], origin[1], dev)
-            y = self.net.from_latent(D.sample(denoise, self.schedule, steps=self.steps, eta=self.eta, noise=noise), cond)
-        return y[0].float().cpu().numpy()
+        self._given_origin = origin
+        try:
+            return super().fuse_tile(lr, msi)
+        finally:
+            self._given_origin = None
 
     # -- tile position
     def _origin(self, lr: np.ndarray, origin) -> tuple[int, int]:
         s, halo = self.problem.scale, self.halo_lr
+        lr = np.nan_to_num(np.asarray(lr, np.float32))
         if origin is not None:
             self.origin_source = "given"
             return int(origin[0]), int(origin[1])
@@ -159,4 +160,4 @@ class HSRDiffFuser(Fuser):
                 "schedule": self.schedule.to_dict(), "tile_origin": self.origin_source,
                 "weights": None if self.weights_path is None else str(self.weights_path),
                 "architecture": self.record.get("architecture"), "kwargs": self.record.get("kwargs"),
-                "prior": self.net.prior, "parameters": count_parameters(self.net)}
+                "prior": self.net.prior, "parameters": count_parameters(self.net), "lr_consistency": self.lr_consistency}

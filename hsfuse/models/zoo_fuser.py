@@ -1,4 +1,5 @@
-"""``NetworkFuser``: trained networks (CSAKD, MFTN, HyFusion, MulSR) behind the ``Fuser`` interface.
+"""``NetworkFuser``: every trained network (CSAKD, MFTN, HyFusion, MulSR, refine; HSR-Diff through its hooks)
+behind the ``Fuser`` interface.
 
     $ hsfuse fuse lr.hdr msi.tif -o out.hdr --model mftn --opt weights=weights/mftn-cave-gauss-x8
 
@@ -125,17 +126,18 @@ class NetworkFuser(Fuser):
         super().__init__(problem, device, precision)
         if precision not in ("fp32", "bf16", "fp16"):
             raise ModelError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+        self.weights_path: Path | None = None
+        self._weights = weights
         if network is not None:  # a network in memory (training validation): no weights file, nothing to check
             from ..weights import WeightsRecord
 
-            self.weights_path, self.net, self.record = None, network, WeightsRecord()
+            self.net, self.record = network, WeightsRecord()
         else:
-            stem = weights or problem.options.get("weights") or _weights_for_scale(self.name, problem.scale)
-            self.weights_path = Path(stem)
-            self.net, self.record = load_checked(self.weights_path, problem, build_network)
+            self.net, self.record = self._load_network()
+        self._configure()
         self.net.to(device).eval()
         self.prior_fuser, prior_halo = prior_for(self.net, problem, device)
-        net_halo = int(math.ceil(self.net.receptive_radius_hr(problem.scale) / problem.scale))
+        net_halo = self._network_halo()
         # MulSR at its small scale averages LR pixels in blocks of `align` for its large branch: tiles are
         # padded to start on that block grid (fuse_tile), which costs up to align-1 more LR pixels of context
         small, large = getattr(self.net, "small_scale", 0), getattr(self.net, "scale", 0)
@@ -162,6 +164,40 @@ class NetworkFuser(Fuser):
         if self.tta not in (1, 2, 4, 8):
             raise ModelError(f"option tta must be 1, 2, 4 or 8 (passes over flipped/transposed inputs), got {self.tta}")
 
+    # -- hooks a network family overrides (HSR-Diff: models/hsrdiff.py)
+
+    def _load_network(self) -> tuple[Any, Any]:
+        """(network, record) from the weights given, or the installed ones for the inputs' scale."""
+        problem = self.problem
+        stem = self._weights or problem.options.get("weights") or _weights_for_scale(self.name, problem.scale)
+        self.weights_path = Path(stem)
+        return load_checked(self.weights_path, problem, build_network)
+
+    def _configure(self) -> None:
+        """Read the family's own options (called once the network and its record are loaded)."""
+
+    def _network_halo(self) -> int:
+        """LR pixels of context the network itself needs (its receptive radius, an upper bound)."""
+        return int(math.ceil(self.net.receptive_radius_hr(self.problem.scale) / self.problem.scale))
+
+    def _input_origin(self, lr: np.ndarray) -> tuple[int, int]:
+        """HR (row, col) of the tile input's first pixel in the scene (the engine sets ``tile_origin``)."""
+        return int(self.tile_origin[0]), int(self.tile_origin[1])
+
+    def _predict(self, lr_t, msi_t, prior_t, origin: tuple[int, int]):
+        """The network's estimate (1, C, H, W) of tensors already on the device; ``origin`` as ``_input_origin``."""
+        import torch
+
+        run = getattr(self.net, "predict", self.net)  # MulSR: the output matching the inputs' scale
+        y = 0.0
+        with torch.no_grad(), _autocast(self.device, self.precision):
+            for k in range(self.tta):
+                fwd = lambda a, k=k: None if a is None else dihedral(a, k)  # noqa: E731
+                y = y + dihedral(run(fwd(lr_t), fwd(msi_t), fwd(prior_t)).float(), k, inverse=True)
+        return y / self.tta
+
+    # -- engine interface
+
     def fit(self, lr: np.ndarray, msi_lr: np.ndarray) -> None:
         if self.prior_fuser is not None:
             self.prior_fuser.fit(lr, msi_lr)
@@ -169,7 +205,7 @@ class NetworkFuser(Fuser):
     def fuse_tile(self, lr: np.ndarray, msi: np.ndarray) -> np.ndarray:
         import torch
 
-        lr = np.nan_to_num(np.asarray(lr, np.float32))
+        lr = lr_in = np.nan_to_num(np.asarray(lr, np.float32))
         msi = np.nan_to_num(np.asarray(msi, np.float32))
         prior = None
         s, full = self.problem.scale, lr.shape[1:]
@@ -189,21 +225,16 @@ class NetworkFuser(Fuser):
                 msi, prior = (a[:, t * s:(full[0] - b) * s, l * s:(full[1] - r) * s] for a in (msi, prior))
                 prior = np.ascontiguousarray(prior)
         h, w = lr.shape[1:]
-        origin = [int(self.tile_origin[0]) + cut[0] * s, int(self.tile_origin[1]) + cut[2] * s]
+        o0 = self._input_origin(lr_in)
+        origin = [o0[0] + cut[0] * s, o0[1] + cut[2] * s]
         ky, kx = ((v // s) % self.align for v in origin) if self.align > 1 else (0, 0)
         ey, ex = (-(ky + h)) % self.align, (-(kx + w)) % self.align
         if ky or kx or ey or ex:  # the tile on whole blocks of the scene's grid (mirrored rows/cols in the halo)
             pad = lambda a, k: np.pad(a, ((0, 0), (ky * k, ey * k), (kx * k, ex * k)), mode="symmetric")  # noqa: E731
             lr, msi, prior = pad(lr, 1), pad(msi, s), None if prior is None else pad(prior, s)
         x = lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a))[None].to(self.device)  # noqa: E731
-        run = getattr(self.net, "predict", self.net)  # MulSR: the output matching the inputs' scale
         lr_t, msi_t, prior_t = x(lr), x(msi), x(prior)
-        y = 0.0
-        with torch.no_grad(), _autocast(self.device, self.precision):
-            for k in range(self.tta):
-                fwd = lambda a, k=k: None if a is None else dihedral(a, k)  # noqa: E731
-                y = y + dihedral(run(fwd(lr_t), fwd(msi_t), fwd(prior_t)).float(), k, inverse=True)
-        y = y / self.tta
+        y = self._predict(lr_t, msi_t, prior_t, (origin[0] - ky * s, origin[1] - kx * s))
         if self.lr_consistency:
             with torch.no_grad():
                 y = match_lr(y.float(), lr_t, self.problem.psf)

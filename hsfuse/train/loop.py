@@ -210,8 +210,9 @@ def predict_scene(net, lr: np.ndarray, msi: np.ndarray, prior: np.ndarray | None
 
         problem = FusionProblem(scale=fm.scale, lr_bands=lr.shape[0], msi_bands=msi.shape[0], psf=fm.psf, srf=fm.srf,
                                 options={"lr_consistency": "off"})
-        out = fuse_with(NetworkFuser(problem, device, network=net), lr, msi, fm.psf, tile)
-        return out
+        make = getattr(net, "tiled_fuser", None)  # HSR-Diff: its sampler's fuser
+        fuser = make(problem, device) if make is not None else NetworkFuser(problem, device, network=net)
+        return fuse_with(fuser, lr, msi, fm.psf, tile)
     net.eval()
     with torch.no_grad():
         t = lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a))[None].to(device)  # noqa: E731

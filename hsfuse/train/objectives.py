@@ -163,6 +163,15 @@ def _diffusion_predictor_cls():
         def receptive_radius_hr(self, scale: int) -> int:
             return self.net.receptive_radius_hr(self.steps, scale)
 
+        def tiled_fuser(self, problem, device: str):
+            """The engine's HSR-Diff fuser around this network (tiled validation): noise on the scene grid."""
+            from dataclasses import replace
+
+            from ..models.hsrdiff import HSRDiffFuser
+
+            opts = {**problem.options, "steps": self.steps, "seed": self.seed}
+            return HSRDiffFuser(replace(problem, options=opts), device, network=self.net)
+
         def forward(self, lr, msi, prior=None):
             from ..models import diffusion as D
 
