@@ -18,7 +18,14 @@ the mean PSNR/SAM. No thread flag is given: the tool's own default (one thread p
 ratio, the CPU seconds and the date): on a CPU, `hsfuse fuse` without --model skips weights recorded above
 `engine.MAX_CPU_COST_VS_GSA` times gsa. Weights run under another preset than their own also get their
 per-scene PSNR and gsa's there (`validation_protocols`): the model choice then takes them for pairs of that
-preset if, and only if, every scene was above gsa (`WeightsRecord.protocol_validation`).
+preset if their mean gain over gsa is positive and no scene lost more than `engine.MAX_SCENE_LOSS_DB`
+(`engine.measured_better`).
+
+A preset that leaves scale and SRF open (wald-gauss, block-mean, imresize-*) is given as NAME@SCALE: the
+scenes are degraded with it and CAVE's own camera response (the MHF-Net D700 R), and the record notes that
+SRF (the model choice still checks the pair's SRF against the training one):
+
+    $ .venv/bin/python benchmarks/bench_process.py --protocols wald-gauss@8,block-mean@8 --models refine --record
 """
 
 from __future__ import annotations
@@ -106,6 +113,24 @@ def quality(out: Path, ref: Path, scale: int) -> dict[str, float]:
 DEFAULT = "default"
 
 
+#: the SRF an open-SRF preset is measured with: the CAVE scenes' camera (what the networks were trained on)
+OPEN_SRF_NAME = "MHF-Net R (Nikon D700)"
+
+
+def preset_spec(protocol: str) -> tuple[str, int, list[str], list[str]]:
+    """(preset name, scale, `hsfuse degrade` flags, the truth flags of `hsfuse fuse`) of "NAME" or "NAME@SCALE"."""
+    from hsfuse.forward.protocols import find_mhf_response, get_protocol
+
+    name, _, at = protocol.partition("@")
+    proto = get_protocol(name)
+    if proto.scale is not None:
+        return name, proto.scale, ["-p", name], ["--protocol", name]
+    if not at:
+        sys.exit(f"{name} leaves the scale open: give it as {name}@SCALE")
+    srf = f"{find_mhf_response()}:R"
+    return name, int(at), ["-p", name, "-s", at, "--srf", srf], ["--protocol", name, "--srf", srf]
+
+
 def prepare(tmp: Path, protocol: str, scenes=VAL) -> list[tuple[str, Path, Path, Path]]:
     """(scene, LR, MSI, HR truth) files for each validation scene, made by `hsfuse degrade`."""
     import numpy as np
@@ -117,8 +142,8 @@ def prepare(tmp: Path, protocol: str, scenes=VAL) -> list[tuple[str, Path, Path,
         src = SHARED / "cave" / f"{scene}_ms"
         lr, msi = (tmp / f"{scene}_{protocol}_{k}.tif" for k in ("lr", "msi"))
         hr = tmp / f"{scene}_hr.tif"  # the truth, written once per scene whatever the protocol
-        subprocess.run(HSFUSE + ["degrade", str(src), "-p", protocol, "-o", str(lr), "--msi", str(msi), "--quiet",
-                                 "--overwrite"], check=True)
+        subprocess.run(HSFUSE + ["degrade", str(src), *preset_spec(protocol)[2], "-o", str(lr), "--msi", str(msi),
+                                 "--quiet", "--overwrite"], check=True)
         if not hr.exists():
             cube = read_cube(src)
             write_cube(hr, np.asarray(cube.data, np.float32), cube.meta)
@@ -128,16 +153,14 @@ def prepare(tmp: Path, protocol: str, scenes=VAL) -> list[tuple[str, Path, Path,
 
 def measure(protocol: str, models: list[str], repeats: int, tmp: Path, scenes=VAL) -> list[dict]:
     pairs = prepare(tmp, protocol, scenes)
-    from hsfuse.forward.protocols import get_protocol
-
-    scale = get_protocol(protocol).scale
+    _, scale, _, truth = preset_spec(protocol)
     rows = {m: {"model": m, "protocol": protocol, "runs": {}, "psnr": [], "sam": [], "ssim": [], "ergas": [],
                 "chosen": []} for m in models}
     for scene, lr, msi, hr in pairs:
         for r in range(repeats):
             for m in models:
                 out = tmp / f"{scene}_{protocol}_{m}.tif"
-                flags = [] if m == DEFAULT else ["--protocol", protocol, "--model", m]
+                flags = [] if m == DEFAULT else [*truth, "--model", m]
                 res = run_child(HSFUSE + ["fuse", str(lr), str(msi), "-o", str(out), *flags, "--overwrite", "--quiet",
                                           "--json"])
                 rows[m]["runs"].setdefault(scene, []).append(res)
@@ -171,10 +194,10 @@ def measure(protocol: str, models: list[str], repeats: int, tmp: Path, scenes=VA
 
 def record_costs(tables: dict[str, list[dict]], scenes=VAL, repeats: int = 3) -> None:
     """Merge each network's measured ratio into ``cpu_cost_vs_gsa`` of the weights record it ran with."""
-    from hsfuse.forward.protocols import get_protocol
-
     for protocol, rows in tables.items():
-        scale = str(get_protocol(protocol).scale)
+        name, scale, degrade_flags, _ = preset_spec(protocol)
+        open_srf = "--srf" in degrade_flags
+        scale = str(scale)
         gsa = next(r for r in rows if r["model"] == "gsa")
         for r in rows:
             if r["model"] in ("gsa", DEFAULT) or not r.get("weights"):
@@ -182,7 +205,7 @@ def record_costs(tables: dict[str, list[dict]], scenes=VAL, repeats: int = 3) ->
             path = Path(r["weights"]).with_suffix(".json")
             rec = json.loads(path.read_text())
             cost = rec.get("cpu_cost_vs_gsa") or {"ratio": {}, "cpu_s": {}, "gsa_cpu_s": {}}
-            own = rec.get("protocol") == protocol
+            own = rec.get("protocol") == name
             if not own and scale in cost["ratio"]:
                 cost = None  # the cost under its own preset stays the one the model choice reads
             if cost is not None:
@@ -194,14 +217,16 @@ def record_costs(tables: dict[str, list[dict]], scenes=VAL, repeats: int = 3) ->
                                     f"processes, {os.cpu_count()}-core CPU, CAVE validation scene(s) {', '.join(scenes)}, "
                                     f"median of {repeats} run(s) each")
                 rec["cpu_cost_vs_gsa"] = cost
-            if rec.get("protocol") != protocol:  # run under another preset than its own: record how it did there
+            if rec.get("protocol") != name:  # run under another preset than its own: record how it did there
                 entry = {"scenes": {sc: {"model": round(m, 3), "gsa": round(g, 3)}
                                     for sc, m, g in zip(scenes, r["psnr"], gsa["psnr"])},
+                         "scale": int(scale), "srf": OPEN_SRF_NAME if open_srf else None,
                          "measured": (f"benchmarks/bench_process.py {time.strftime('%Y-%m-%d')}: whole `hsfuse fuse "
-                                      f"--protocol {protocol} --model {r['model']}` on pairs made by `hsfuse degrade "
-                                      f"-p {protocol}`, PSNR against the truth, gsa told the protocol in the same run")}
-                rec["validation_protocols"] = {**(rec.get("validation_protocols") or {}), protocol: entry}
-                print(f"recorded its quality under {protocol} in {path}")
+                                      f"--protocol {name} --model {r['model']}` on pairs made by `hsfuse degrade "
+                                      f"{' '.join(degrade_flags[:4]) + (' --srf D700-R' if open_srf else '')}`, "
+                                      "PSNR against the truth, gsa told the protocol in the same run")}
+                rec["validation_protocols"] = {**(rec.get("validation_protocols") or {}), name: entry}
+                print(f"recorded its quality under {name} in {path}")
             path.write_text(json.dumps(rec, indent=2) + "\n")
             if cost is not None:
                 print(f"recorded x{scale} cost {r['ratio']:.2f}x gsa in {path}")
@@ -256,9 +281,7 @@ def main() -> None:
     tables = {}
     with tempfile.TemporaryDirectory(prefix="hsfuse-bench-") as tmp:
         for protocol in a.protocols.split(","):
-            from hsfuse.forward.protocols import get_protocol
-
-            scale = get_protocol(protocol).scale
+            scale = preset_spec(protocol)[1]
             nets = [m for m in a.models.split(",") if m] or shipped_networks(scale)
             if a.presets:
                 nets = ["bicubic", "cnmf", *shipped_networks(scale), DEFAULT]

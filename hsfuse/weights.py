@@ -100,24 +100,27 @@ class WeightsRecord(dict):
         except (AttributeError, KeyError, TypeError, ValueError):
             return None
 
-    def protocol_validation(self, protocol: str | None) -> dict[str, Any] | None:
+    def protocol_validation(self, protocol: str | None, scale: int | None = None) -> dict[str, Any] | None:
         """How these weights did under another preset than their own, measured on the held-out scenes
         (``benchmarks/bench_process.py --record``): {"gain": mean PSNR gain over gsa, "worst": the smallest
-        per-scene gain, "scenes": n}; None when never measured there (or the entry is malformed).
+        per-scene gain, "scenes": n, "srf": the SRF it was measured with when the preset leaves it open}; None when
+        never measured there, at ``scale`` when the entry names one (or the entry is malformed).
 
         A network learns one blur; under another it may still help (the MHF-trained x32 weights gain 1.5 dB
         under the HIFtool Gaussian) or hurt: only a measurement says which, so the model choice accepts
-        another preset's PSF only where one was made and every scene gained."""
+        another preset's PSF only where one was made (``engine.measured_better``)."""
         if not protocol or protocol.lower() == self.protocol.lower():  # its own preset: validation_metrics
             return None
         try:
             entry = (self.get("validation_protocols") or {})[protocol]
             gains = [float(v["model"]) - float(v["gsa"]) for v in entry["scenes"].values()]
+            if scale is not None and entry.get("scale") is not None and int(entry["scale"]) != int(scale):
+                return None  # an open-scale preset measured at another scale
         except (AttributeError, KeyError, TypeError, ValueError):
             return None
         if not gains:
             return None
-        return {"gain": sum(gains) / len(gains), "worst": min(gains), "scenes": len(gains)}
+        return {"gain": sum(gains) / len(gains), "worst": min(gains), "scenes": len(gains), "srf": entry.get("srf")}
 
     def cpu_cost_vs_gsa(self, scale: int) -> float | None:
         """Measured whole-process CPU cost over gsa's at ``scale`` (benchmarks/bench_process.py --record); at a

@@ -56,6 +56,17 @@ class ForwardModel:
         return self.psf.scale
 
     @property
+    def psf_preset(self) -> str | None:
+        """The preset whose PSF the pair follows (named, or recognised by the estimate), whatever its SRF."""
+        if self.protocol:
+            return self.protocol
+        est = self.estimate
+        if est is not None and est.preset is not None and str(est.psf_kind) == f"preset {est.preset}" \
+                and self.psf is est.psf:
+            return est.preset
+        return None
+
+    @property
     def name(self) -> str:
         """The preset's name, else where the PSF came from (what a weights record calls its protocol)."""
         return self.protocol or self.psf_source

@@ -258,7 +258,7 @@ def _srf_mismatch(rec: WeightsRecord, srf: np.ndarray | None, protocol: str | No
     if protocol is not None and protocol.lower() == rec.protocol.lower():
         return None
     measured = rec.protocol_validation(protocol)
-    if measured is not None and measured["worst"] > 0:  # measured with that preset's SRF too
+    if measured_better(measured) and not measured["srf"]:  # measured with that preset's own SRF too
         return None
     trained = rec.srf_summary
     if srf is None:
@@ -280,21 +280,34 @@ def _srf_mismatch(rec: WeightsRecord, srf: np.ndarray | None, protocol: str | No
     return "the MSI's SRF cannot be compared with the training SRF"
 
 
+#: a network measured under another preset than its own is taken there when its mean gain over gsa on the
+#: held-out scenes is positive and no scene lost more than this (dB): the own-preset choice ranks by the mean
+#: gain too, and a network that breaks a scene by more is not taken however much it gains elsewhere
+MAX_SCENE_LOSS_DB = 0.5
+
+
+def measured_better(measured: dict[str, Any] | None) -> bool:
+    """Whether weights measured under a preset (``WeightsRecord.protocol_validation``) earn their place there."""
+    return measured is not None and measured["gain"] > 0 and measured["worst"] >= -MAX_SCENE_LOSS_DB
+
+
 def _psf_mismatch(rec: WeightsRecord, psf: Psf | None, protocol: str | None, tol: float = 0.15) -> str | None:
     """None if the pair's PSF is the one the weights were trained under, else why not.
 
-    A network learns the inverse of one blur and sampling phase: on another it injects detail at the
+    A network learns the inverse of one blur and sampling phase: on another it may inject detail at the
     wrong places, which the per-scene regression of ``gsa`` does not (measured: issue 19, docs/fusion.md).
+    ``protocol`` is the preset the pair's PSF follows: where the weights were measured under it, the
+    measurement decides, not the kernel distance.
     """
     trained = rec.protocol
     if protocol is not None and protocol.lower() == trained.lower():
         return None
-    measured = rec.protocol_validation(protocol)
+    measured = rec.protocol_validation(protocol, None if psf is None else psf.scale)
     if measured is not None:  # measured under the pair's preset: that decides, not the kernel distance
-        if measured["worst"] > 0:
+        if measured_better(measured):
             return None
-        return (f"measured under {protocol}, it is below gsa on a held-out scene ({measured['worst']:+.2f} dB; "
-                f"trained under {trained})")
+        return (f"measured under {protocol}: {measured['gain']:+.2f} dB over gsa on the held-out scenes, "
+                f"{measured['worst']:+.2f} on the worst (trained under {trained})")
     if psf is None or not trained:
         return None if psf is None else "its training PSF is not recorded"
     from ..forward.psf import psf_distance
@@ -332,39 +345,43 @@ def _too_slow(rec: WeightsRecord, scale: int, device: str | None) -> str | None:
 def _gain(rec: WeightsRecord, scale: int, protocol: str | None) -> float | None:
     """The gain over gsa that ranks fitting weights: measured under the pair's preset when it was, else the
     record's own validation."""
-    measured = rec.protocol_validation(protocol)
+    measured = rec.protocol_validation(protocol, scale)
     return measured["gain"] if measured is not None else rec.validation_gain(scale)
 
 
 def choose_model(lr: CubeSource, msi: CubeSource, scale: int, srf: np.ndarray | None = None,
                  protocol: str | None = None, psf: Psf | None = None,
-                 device: str | None = None) -> tuple[ModelEntry, Path | None, str]:
+                 device: str | None = None, psf_preset: str | None = None) -> tuple[ModelEntry, Path | None, str]:
     """The pretrained weights with the largest recorded validation gain over ``gsa`` among those that fit
     the bands, wavelengths, scale, PSF and SRF (and, on a CPU, cost at most MAX_CPU_COST_VS_GSA times gsa);
-    detail injection ``gsa`` when none fits."""
+    detail injection ``gsa`` when none fits. ``protocol``: the preset the pair follows in PSF and SRF;
+    ``psf_preset``: the preset its PSF follows (the same, or one whose SRF is left open)."""
     from ..weights import read_record
 
+    where = protocol or psf_preset
     reasons, fits, slow = [], [], []
     for entry in list_models():
         if entry.kind == "supervised" and entry.available:
             for path in fitting_weights(entry, lr, msi, scale)[0]:  # e.g. an exact-camera model, then an any-RGB one
                 rec = read_record(path)
-                mismatch = _psf_mismatch(rec, psf, protocol) or _srf_mismatch(rec, srf, protocol, lr.meta.wavelengths)
+                mismatch = _psf_mismatch(rec, psf, where) or _srf_mismatch(rec, srf, protocol, lr.meta.wavelengths)
                 too_slow = None if mismatch else _too_slow(rec, scale, device)
                 if too_slow:
-                    slow.append((_gain(rec, scale, protocol), entry.name, too_slow))
+                    slow.append((_gain(rec, scale, where), entry.name, too_slow))
                     mismatch = too_slow
                 if mismatch is None:
-                    fits.append((_gain(rec, scale, protocol), entry, path, rec))
+                    fits.append((_gain(rec, scale, where), entry, path, rec))
                 else:
                     reasons.append(f"'{entry.name}' ({path.name}) not used: {mismatch}")
     if fits:
         # best recorded gain first; weights without one after all that have one; ties keep registry order
         gain, entry, path, rec = min(fits, key=lambda f: (f[0] is None, -(f[0] or 0.0)))  # min() keeps the first of ties
-        measured, tol = rec.protocol_validation(protocol), rec.srf_tolerance_nm
+        measured, tol = rec.protocol_validation(where, scale), rec.srf_tolerance_nm
         if measured is not None:
+            with_srf = f" with the {measured['srf']} SRF" if measured["srf"] else ""
             why = (f"pretrained '{entry.name}' chosen: weights {path.name} (trained under {rec.protocol}) were measured "
-                   f"under {protocol}: {measured['gain']:+.2f} dB over gsa on the held-out scenes, every one above")
+                   f"under {where}{with_srf}: {measured['gain']:+.2f} dB over gsa on the held-out scenes "
+                   f"({measured['worst']:+.2f} on the worst)")
         else:
             why = (f"pretrained '{entry.name}' chosen: weights {path.name} fit the inputs and the SRF matches its "
                    f"training SRF{'s' if tol > 10 else ''} (within {tol:g} nm)")
@@ -412,7 +429,7 @@ def make_plan(lr: CubeSource, msi: CubeSource, cfg: FuseConfig, notify: Callable
     psf, psf_source, srf, srf_source = fm.psf, fm.psf_source, fm.srf, fm.srf_source
     device = resolve_device(cfg.device)
     if named is None:
-        entry, weights, reason = choose_model(lr, msi, scale, srf, fm.protocol, psf, device)
+        entry, weights, reason = choose_model(lr, msi, scale, srf, fm.protocol, psf, device, fm.psf_preset)
     else:
         entry = named
         weights, reason = None, "chosen with --model"

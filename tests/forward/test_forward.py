@@ -73,6 +73,10 @@ def test_a_preset_is_recognised_and_taken_as_exact(scene, rgb):
     plan = make_plan(ArraySource(lr, CubeMeta(wavelengths=WAVELENGTHS)), ArraySource(msi), FuseConfig(model="gsa"))
     assert plan.forward.exact and psf_distance(plan.psf, psf) == 0.0
     assert plan.forward.protocol is None  # wald-gauss names no SRF: the estimated one is used
+    assert plan.forward.psf_preset == "wald-gauss"  # its PSF is the preset's: measured weights may take it
+    told = make_plan(ArraySource(lr, CubeMeta(wavelengths=WAVELENGTHS)), ArraySource(msi),
+                     FuseConfig(model="gsa", psf=psf, srf=rgb))
+    assert told.forward.psf_preset is None  # a PSF given as a kernel names no preset
 
 
 def test_no_flag_fusion_matches_the_truth(scene, rgb):
