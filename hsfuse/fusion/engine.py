@@ -333,6 +333,30 @@ def _psf_mismatch(rec: WeightsRecord, psf: Psf | None, protocol: str | None, tol
 MAX_CPU_COST_VS_GSA = 3.0
 
 
+def _measured_preset_like(rec: WeightsRecord, psf: Psf | None, tol: float = 0.15) -> str | None:
+    """The preset the weights were measured under whose PSF at this scale is within ``tol`` (kernel distance) of
+    the pair's, for a PSF the estimate did not name (a wide kernel it fitted as a Gaussian, say)."""
+    if psf is None:
+        return None
+    from ..forward.protocols import get_protocol
+    from ..forward.psf import psf_distance
+
+    best = None
+    for name in (rec.get("validation_protocols") or {}) if isinstance(rec.get("validation_protocols"), dict) else ():
+        if rec.protocol_validation(name, psf.scale) is None:
+            continue
+        try:
+            proto = get_protocol(name)
+            ref = proto.build_psf(None if proto.scale is not None else psf.scale)
+        except (HsfuseError, ValueError):
+            continue
+        if ref.scale == psf.scale:
+            d = psf_distance(psf, ref)
+            if d <= tol and (best is None or d < best[0]):
+                best = (d, name)
+    return None if best is None else best[1]
+
+
 def _too_slow(rec: WeightsRecord, scale: int, device: str | None) -> str | None:
     if device != "cpu":
         return None
@@ -364,23 +388,25 @@ def choose_model(lr: CubeSource, msi: CubeSource, scale: int, srf: np.ndarray | 
         if entry.kind == "supervised" and entry.available:
             for path in fitting_weights(entry, lr, msi, scale)[0]:  # e.g. an exact-camera model, then an any-RGB one
                 rec = read_record(path)
-                mismatch = _psf_mismatch(rec, psf, where) or _srf_mismatch(rec, srf, protocol, lr.meta.wavelengths)
+                near = where or _measured_preset_like(rec, psf)  # a PSF like one it was measured under
+                mismatch = _psf_mismatch(rec, psf, near) or _srf_mismatch(rec, srf, protocol, lr.meta.wavelengths)
                 too_slow = None if mismatch else _too_slow(rec, scale, device)
                 if too_slow:
-                    slow.append((_gain(rec, scale, where), entry.name, too_slow))
+                    slow.append((_gain(rec, scale, near), entry.name, too_slow))
                     mismatch = too_slow
                 if mismatch is None:
-                    fits.append((_gain(rec, scale, where), entry, path, rec))
+                    fits.append((_gain(rec, scale, near), entry, path, rec, near))
                 else:
                     reasons.append(f"'{entry.name}' ({path.name}) not used: {mismatch}")
     if fits:
         # best recorded gain first; weights without one after all that have one; ties keep registry order
-        gain, entry, path, rec = min(fits, key=lambda f: (f[0] is None, -(f[0] or 0.0)))  # min() keeps the first of ties
-        measured, tol = rec.protocol_validation(where, scale), rec.srf_tolerance_nm
+        gain, entry, path, rec, near = min(fits, key=lambda f: (f[0] is None, -(f[0] or 0.0)))  # min() keeps the first of ties
+        measured, tol = rec.protocol_validation(near, scale), rec.srf_tolerance_nm
         if measured is not None:
             with_srf = f" with the {measured['srf']} SRF" if measured["srf"] else ""
+            like = "" if near == where else " (the pair's PSF is within 15% of that preset's)"
             why = (f"pretrained '{entry.name}' chosen: weights {path.name} (trained under {rec.protocol}) were measured "
-                   f"under {where}{with_srf}: {measured['gain']:+.2f} dB over gsa on the held-out scenes "
+                   f"under {near}{with_srf}{like}: {measured['gain']:+.2f} dB over gsa on the held-out scenes "
                    f"({measured['worst']:+.2f} on the worst)")
         else:
             why = (f"pretrained '{entry.name}' chosen: weights {path.name} fit the inputs and the SRF matches its "

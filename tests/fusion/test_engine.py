@@ -351,8 +351,17 @@ def test_weights_measured_under_another_preset_are_chosen_only_where_they_gained
     entry, _, why = engine.choose_model(lr, msi, 8, nikon, None, first_pixel, psf_preset="wald-gauss")
     assert entry.name == "refine" and "measured under wald-gauss with the MHF-Net R (Nikon D700) SRF" in why
     assert engine.choose_model(lr, msi, 8, nikon, None, first_pixel)[0].name == "gsa"  # no preset: kernel distance
+    # a PSF the estimate did not name but within 15% of a measured preset's (a wide kernel fitted as a Gaussian)
+    from hsfuse.forward.protocols import get_protocol
+    from hsfuse.forward.psf import make_psf, psf_distance
+
+    like = make_psf("gaussian", 8, sigma=3.5)  # wald-gauss x8 is sigma 3.40
+    assert psf_distance(like, get_protocol("wald-gauss").build_psf(8)) < 0.15
+    entry, _, why = engine.choose_model(lr, msi, 8, nikon, None, like)
+    assert entry.name == "refine" and "within 15% of that preset's" in why
     measured({"a": {"model": 51.0, "gsa": 50.0}}, "wald-gauss", srf="MHF-Net R (Nikon D700)", scale=4)
     assert engine.choose_model(lr, msi, 8, nikon, None, first_pixel, psf_preset="wald-gauss")[0].name == "gsa"
+    assert engine.choose_model(lr, msi, 8, nikon, None, like)[0].name == "gsa"  # measured at x4 only
     for bad in ("garbage", {"dian-gauss-x8": {"scenes": {"a": {"model": "x"}}}}, {"dian-gauss-x8": {"scenes": {}}}):
         assert WeightsRecord.of({"validation_protocols": bad}).protocol_validation("dian-gauss-x8") is None
     assert WeightsRecord.of({}).protocol_validation(None) is None
