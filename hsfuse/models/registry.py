@@ -132,7 +132,7 @@ _ENTRIES: list[ModelEntry] = [
         "Small CNN correcting the gsa estimate, its body on a half-resolution grid: about twice gsa's CPU cost.",
         "hsfuse.models.zoo_fuser:RefineFuser", "band counts and scale of the trained weights",
         paper="ours (docs/models/refine.md)", needs_psf=True,
-        weights=("refine-cave-gauss-x8", "refine-dian-gauss-x8", "refine-cave-mhf-x32"), default_overlap=16,
+        weights=("refine-cave-gauss-x8", "refine-dian-gauss-x8", "refine-cave-mhf-x32", "refine-cave-gauss-x4"), default_overlap=16,
     ),
     ModelEntry(
         "hsr-diff", "supervised",
