@@ -17,6 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import smooth_cube
+from hsfuse.forward.degrade import spatial_degrade
 from hsfuse.cli import app
 from hsfuse.cube import CubeMeta
 from hsfuse.forward.psf import Psf
@@ -31,7 +32,7 @@ def _digest(p):
 
 def _pair(tmp_path, bands=8, size=64, scale=4):
     z = smooth_cube(bands, size, size, seed=3)
-    lr, msi = Psf.gaussian(scale).apply(z), (z[:3] + z[-3:]) / 2
+    lr, msi = spatial_degrade(z, Psf.gaussian(scale)), (z[:3] + z[-3:]) / 2
     lp, mp = tmp_path / "lr.tif", tmp_path / "msi.tif"
     write_cube(lp, lr, CubeMeta(wavelengths=np.linspace(450, 900, bands)))
     write_cube(mp, msi, CubeMeta())

@@ -16,12 +16,9 @@ larger kernel it is convolution + decimation. See docs/protocols.md.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-if TYPE_CHECKING:  # annotations only: psf.py imports this module for Psf.apply
-    from .psf import Psf
+from .psf import Psf
 
 
 def _pad_mode(border: str) -> tuple[str, dict]:

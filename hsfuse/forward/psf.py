@@ -112,12 +112,6 @@ class Psf:
         kernel = np.asarray(kernel, dtype=np.float64)
         return cls(kernel, kernel.shape[0], pad=0, name="block")
 
-    def apply(self, z: np.ndarray) -> np.ndarray:
-        """Degrade a (C, H, W) array; H and W must be multiples of the scale."""
-        from .degrade import spatial_degrade
-
-        return spatial_degrade(z, self)
-
     def rescaled(self, scale: int) -> "Psf":
         """The same PSF shape for a smaller integer scale that divides this one (kernel binned by scale ratio).
 

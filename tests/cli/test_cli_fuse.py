@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import smooth_cube
+from hsfuse.forward.degrade import spatial_degrade
 from hsfuse.cli import app
 from hsfuse.cube import CubeMeta, GeoRef
 from hsfuse.forward.psf import Psf
@@ -21,7 +22,7 @@ WKT_UTM = 'PROJCS["WGS 84 / UTM zone 31N",GEOGCS["WGS 84",DATUM["WGS_1984",SPHER
 def _make_pair(tmp_path, lr_ext=".hdr", msi_ext=".tif", scale=4, bands=8, size=64):
     z = smooth_cube(bands, size, size, seed=3)
     psf = Psf.gaussian(scale)
-    lr, msi = psf.apply(z), (z[:3] + z[-3:]) / 2
+    lr, msi = spatial_degrade(z, psf), (z[:3] + z[-3:]) / 2
     wl = np.linspace(450, 900, bands)
     hr_geo = GeoRef(WKT_UTM, (10.0, 0.0, 440000.0, 0.0, -10.0, 5000000.0))
     lr_path, msi_path = tmp_path / f"lr{lr_ext}", tmp_path / f"msi{msi_ext}"
@@ -219,7 +220,7 @@ def test_metrics_outputs_follow_the_output_rules(tmp_path):
 def test_georeferenced_grids_must_agree(tmp_path):
     """A moved MSI, another UTM zone, or pixel sizes that are not the scale: refused, or warned with --force."""
     z = smooth_cube(8, 64, 64, seed=3)
-    lr, msi = Psf.gaussian(4).apply(z), (z[:3] + z[-3:]) / 2
+    lr, msi = spatial_degrade(z, Psf.gaussian(4)), (z[:3] + z[-3:]) / 2
     wl = np.linspace(450, 900, 8)
     hr = GeoRef(WKT_UTM, (10.0, 0.0, 440000.0, 0.0, -10.0, 5000000.0))
     write_cube(tmp_path / "lr.hdr", lr, CubeMeta(wavelengths=wl, georef=hr.scaled(4)))
@@ -268,7 +269,7 @@ def test_panchromatic_msi_from_a_2d_mat_variable(tmp_path):
     from scipy.io import savemat
 
     z = smooth_cube(8, 48, 48, seed=4)
-    lr = Psf.gaussian(3).apply(z)
+    lr = spatial_degrade(z, Psf.gaussian(3))
     pan = z.mean(0)
     savemat(tmp_path / "pair.mat", {"HS": lr.transpose(1, 2, 0), "PAN": pan})
     r = runner.invoke(app, ["fuse", str(tmp_path / "pair.mat"), str(tmp_path / "pair.mat"), "--lr-var", "HS",
@@ -303,7 +304,7 @@ def test_negative_outputs_are_clipped_when_the_lr_has_none(tmp_path):
     rng = np.random.default_rng(0)
     z = smooth_cube(8, 64, 64, seed=3)
     z[:, 20:40, 20:40] *= 0.01  # a dark square with sharp edges
-    lr, msi = Psf.gaussian(4).apply(z), (z[:3] + z[-3:]) / 2 + 0.02 * rng.standard_normal((3, 64, 64))
+    lr, msi = spatial_degrade(z, Psf.gaussian(4)), (z[:3] + z[-3:]) / 2 + 0.02 * rng.standard_normal((3, 64, 64))
     write_cube(tmp_path / "lr.tif", np.maximum(lr, 0), CubeMeta(wavelengths=np.linspace(450, 900, 8)))
     write_cube(tmp_path / "msi.tif", msi.astype(np.float32), CubeMeta())
     args = ["fuse", str(tmp_path / "lr.tif"), str(tmp_path / "msi.tif"), "--model", "gsa", "--estimate", "off",
@@ -342,7 +343,7 @@ def test_an_option_no_model_reads_is_reported(tmp_path):
 def test_output_dtype_and_creation_options(tmp_path):
     """--dtype same keeps a uint16 ×10000 input's encoding (half the size of float32); --co reaches the writer."""
     z = smooth_cube(8, 64, 64, seed=3)
-    lr, msi = Psf.gaussian(4).apply(z), (z[:3] + z[-3:]) / 2
+    lr, msi = spatial_degrade(z, Psf.gaussian(4)), (z[:3] + z[-3:]) / 2
     meta = CubeMeta(wavelengths=np.linspace(450, 900, 8), scale=1e-4, nodata=0)
     write_cube(tmp_path / "lr.hdr", lr, meta, dtype="uint16")
     write_cube(tmp_path / "msi.tif", msi, CubeMeta())

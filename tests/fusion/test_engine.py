@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import smooth_cube
+from hsfuse.forward.degrade import spatial_degrade
 from hsfuse.cube import CubeMeta
 from hsfuse.forward.psf import Psf, gaussian_kernel
 from hsfuse.errors import InputError, ModelError, UsageError
@@ -47,7 +48,7 @@ def wide_model(monkeypatch):
 def _pair(bands=6, size=96, scale=4, seed=0):
     z = smooth_cube(bands, size, size - 16, seed)
     psf = Psf.gaussian(scale)
-    return z, psf.apply(z), z[:3] * 0.5 + z[3:6] * 0.5, psf
+    return z, spatial_degrade(z, psf), z[:3] * 0.5 + z[3:6] * 0.5, psf
 
 
 @pytest.mark.parametrize("tile,overlap", [(16, 0), (16, 8), (20, 16), (32, 32), (12, 64), (24, 1000)])
@@ -164,7 +165,7 @@ def test_streamed_fuse_stays_under_a_memory_budget(tmp_path):
             create_writer(tmp_path / "msi.hdr", (3, size, size), CubeMeta()) as mw:
         for r in range(0, size, 128):
             for c in range(0, size, 128):
-                lw.write(psf.apply(base), Window(r // scale, c // scale, 128 // scale, 128 // scale))
+                lw.write(spatial_degrade(base, psf), Window(r // scale, c // scale, 128 // scale, 128 // scale))
                 mw.write(base[[5, 15, 25]], Window(r, c, 128, 128))
     out = tmp_path / "fused.hdr"
     tracemalloc.start()

@@ -96,7 +96,7 @@ def _random_head(net):
 @pytest.mark.parametrize("prior", [False, True])
 def test_tiled_equals_untiled_with_receptive_halo(prior):
     torch.manual_seed(2)
-    s, bands = 2, 4
+    bands = 4  # at x2: LR 10x10, MSI 20x20
     net = _random_head(CSAKDNet(bands, 3, nf=4, gc=4, groups=1, heads=1, attn_window=3, prior=prior)).eval()
     rng = np.random.default_rng(0)
     lr = rng.uniform(0, 1, (bands, 10, 10)).astype(np.float32)

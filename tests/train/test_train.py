@@ -181,7 +181,7 @@ def test_keep_best_exports_the_best_validation(tmp_path, synth):
     # a learning rate far too high: the first validation (step 3) is the best, later ones are worse
     cfg = tiny(tmp_path, export=str(stem), export_if_better=False, steps=12, val_every=3, lr=0.06, warmup=0,
                keep_best=True)
-    res = train(cfg, scenes=scenes[:2], val_scenes=scenes[2:], fm=fm)
+    train(cfg, scenes=scenes[:2], val_scenes=scenes[2:], fm=fm)
     best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
     state, rec = load_weights(stem)
     assert all(torch.equal(state[k], best["model"][k].float()) for k in state)
