@@ -31,9 +31,10 @@ def _pad_mode(border: str) -> tuple[str, dict]:
 
 
 def spatial_degrade(z: np.ndarray, psf: Psf) -> np.ndarray:
-    """LR = decimate(Z ⊛ K) exactly as in the module docstring; float32 out (float64 in -> float64)."""
-    import torch
+    """LR = decimate(Z ⊛ K) exactly as in the module docstring; float32 out (float64 in -> float64).
 
+    numpy only (a sum over the kernel's taps of strided views: k² multiply-adds per LR sample, as a strided
+    convolution), so that planning and the classical methods run without importing torch."""
     z = np.asarray(z)
     if z.ndim != 3:
         raise ValueError(f"expected (C, H, W), got {z.shape}")
@@ -52,11 +53,14 @@ def spatial_degrade(z: np.ndarray, psf: Psf) -> np.ndarray:
         mode, kw = _pad_mode(psf.border)
         x = np.pad(x, ((0, 0), (max(before, 0), after_h), (max(before, 0), after_w)), mode=mode, **kw)
     off = max(before, 0) - p  # >= 0 (p may be negative: kernel starts inside the block)
-    t = torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(1)  # (C, 1, H', W')
-    ker = torch.from_numpy(psf.kernel.astype(dtype)).view(1, 1, k, k)
-    t = t[:, :, off:, off:]
-    out = torch.nn.functional.conv2d(t, ker, stride=s)[:, 0, :ho, :wo]
-    return out.numpy()
+    ker = psf.kernel.astype(dtype)
+    out = np.zeros((c, ho, wo), dtype=dtype)
+    for a in range(k):
+        rows = x[:, off + a: off + a + s * (ho - 1) + 1: s]
+        for b in range(k):
+            if ker[a, b] != 0:
+                out += ker[a, b] * rows[:, :, off + b: off + b + s * (wo - 1) + 1: s]
+    return out
 
 
 def _border_index_t(idx, n: int, border: str):

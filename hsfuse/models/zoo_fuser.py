@@ -96,6 +96,7 @@ def prior_for(net, problem: FusionProblem, device: str):
     from .classical import DetailInjection
 
     fuser = DetailInjection(problem, device, "fp32")
+    fuser.backend = "torch"  # torch is loaded for the network anyway; its in-place chunks keep the x32 peak lower
     return fuser, int(getattr(fuser, "halo_lr", 0))
 
 

@@ -151,14 +151,19 @@ def test_every_registered_model_fuses_a_tiny_pair(name):
 
 
 def test_streamed_fuse_stays_under_a_memory_budget(tmp_path):
-    """Output 31×1024×1024 float32 (130 MB) through a 30 MB numpy budget: nothing scene-sized is allocated."""
+    """Output 31×2048×2048 float32 (520 MB) within a quarter of its size in traced numpy allocations: nothing
+    output-sized is allocated.
+
+    What is held: the LR-sized scene state (the LR cube and the MSI on the LR grid, 1/s² of the output each, by
+    design: docs/fusion.md), the numpy gsa's per-tile working set (about four arrays the size of a 128-pixel tile
+    with its halo) and the forward-model estimate on its bounded window: measured 91 MB."""
     import tracemalloc
 
     from hsfuse.cube import Window
     from hsfuse.fusion.engine import fuse_files
     from hsfuse.io import create_writer, open_cube
 
-    scale, size, bands = 8, 1024, 31
+    scale, size, bands = 8, 2048, 31
     base = smooth_cube(bands, 128, 128, seed=5)
     psf = Psf.block(np.full((scale, scale), 1 / scale**2))
     with create_writer(tmp_path / "lr.hdr", (bands, size // scale, size // scale), CubeMeta()) as lw, \
@@ -174,7 +179,7 @@ def test_streamed_fuse_stays_under_a_memory_budget(tmp_path):
     tracemalloc.stop()
     out_bytes = bands * size * size * 4
     print(f"peak traced allocation {peak / 1e6:.1f} MB for a {out_bytes / 1e6:.0f} MB output")
-    assert peak < 30e6 < out_bytes / 4, f"peak traced allocation {peak / 1e6:.1f} MB"
+    assert peak < out_bytes / 4, f"peak traced allocation {peak / 1e6:.1f} MB"
     with open_cube(out) as src:
         assert src.shape == (bands, size, size)
         corner = src.read(Window(size - 64, size - 64, 64, 64))
@@ -292,7 +297,7 @@ def test_default_choice_follows_the_recorded_validation_gain(tmp_path, monkeypat
     rec["cpu_cost_vs_gsa"] = {"ratio": {"8": engine.MAX_CPU_COST_VS_GSA + 2}}
     (tmp_path / f"{stems['csakd-s']}.json").write_text(json.dumps(rec))
     plan = engine.make_plan(lr, msi, FuseConfig(srf=cfg.srf, psf=TRAIN_PSF, device="cpu"))
-    assert plan.model.name == "mftn" and "costs 5.0x gsa" in plan.model_reason
+    assert plan.model.name == "mftn" and f"costs {engine.MAX_CPU_COST_VS_GSA + 2:.1f}x gsa" in plan.model_reason
     entry, _, _ = engine.choose_model(lr, msi, 8, cfg.srf, None, TRAIN_PSF, device="cuda")
     assert entry.name == "csakd-s"  # on a GPU the cost does not rule it out
     assert engine.make_plan(lr, msi, FuseConfig(srf=cfg.srf, psf=TRAIN_PSF, model="csakd-s")).model.name == "csakd-s"

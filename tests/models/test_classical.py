@@ -328,3 +328,39 @@ def test_phase_aware_interpolation_beats_block_centred(name, monkeypatch):
     monkeypatch.setattr(classical, "sampling_phase", lambda p: (0.0, 0.0))
     centred = _psnr(z, fuse_arrays(classical_fusers()[name], lr, msi, prob))
     assert aware > centred + 1.0, (aware, centred)
+
+
+@pytest.mark.parametrize("psf", [Psf.gaussian(4), Psf(gaussian_kernel(7, 1.5), 4, pad=0),  # centred; first-pixel phase
+                                 Psf.box(4)], ids=["gauss", "phase", "box"])
+def test_gsa_numpy_path_equals_the_torch_path(psf):
+    """On a CPU gsa runs in numpy (no torch import); the torch path (GPU, network priors) gives the same output."""
+    z, lr, msi, _, _ = _pair(bands=6, size=48, scale=4, psf=psf, texture=0.3)
+    lr = lr.copy()
+    lr[:, 3, 5] = np.nan  # nodata is filled and marked alike
+    outs = {}
+    for backend in ("numpy", "torch"):
+        problem = FusionProblem(scale=4, lr_bands=6, msi_bands=3, psf=psf, options={"backend": backend})
+        outs[backend] = fuse_arrays(DetailInjection(problem), lr, msi, problem)
+    a, b = outs["numpy"], outs["torch"]
+    assert np.array_equal(np.isnan(a), np.isnan(b)) and np.isnan(a).any()
+    ok = np.isfinite(a)
+    assert np.abs(a[ok] - b[ok]).max() < 1e-5 * np.abs(b[ok]).max()
+
+
+def test_gsa_and_planning_run_without_importing_torch(tmp_path):
+    """`hsfuse fuse --model gsa` in a batch loop pays no torch start-up (issue 23): the whole engine run, files
+    included, leaves torch unimported."""
+    import subprocess
+    import sys
+
+    from hsfuse.io import write_cube
+
+    z, lr, msi, _, _ = _pair(bands=6, size=48, scale=4, psf=Psf.gaussian(4), texture=0.3)
+    write_cube(tmp_path / "lr.tif", lr)
+    write_cube(tmp_path / "msi.tif", msi)
+    code = ("import sys; from hsfuse.fusion.engine import fuse_files, FuseConfig; "
+            f"fuse_files({str(tmp_path / 'lr.tif')!r}, {str(tmp_path / 'msi.tif')!r}, {str(tmp_path / 'out.tif')!r}, "
+            "FuseConfig(model='gsa')); print('torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "False", r.stderr
+    assert (tmp_path / "out.tif").exists()
