@@ -139,6 +139,33 @@ class _ClassicalBase(Fuser):
                 msi_t = torch.where(torch.isfinite(msi_t), msi_t, torch.as_tensor(fill, device=self.device, dtype=dt)[:, None, None])
         return lr_t, msi_t, bad
 
+    def _arrays_np(self, lr: np.ndarray, msi: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """``_tensors`` in numpy: float32 tiles with nodata filled by the band means, and the HR nodata mask."""
+        s = self.scale
+        lr = np.asarray(lr, dtype=np.float32)
+        c, h, w = lr.shape
+        bad_lr = ~_valid_2d(lr)
+        bad = np.repeat(np.repeat(bad_lr, s, 0), s, 1)
+        if bad_lr.any():
+            fill = self._lr_fill if self._lr_fill is not None else np.zeros(c)
+            lr = np.where(np.isfinite(lr), lr, np.asarray(fill, np.float32)[:, None, None]).astype(np.float32)
+        if msi is not None:
+            msi = np.asarray(msi, dtype=np.float32)
+            if msi.shape[1:] != (h * s, w * s):
+                raise InputError(f"MSI tile {msi.shape} does not match LR tile {lr.shape} at scale {s}")
+            bad_m = ~_valid_2d(msi)
+            bad = bad | bad_m
+            if bad_m.any():
+                fill = self._msi_fill if self._msi_fill is not None else np.zeros(msi.shape[0])
+                msi = np.where(np.isfinite(msi), msi, np.asarray(fill, np.float32)[:, None, None]).astype(np.float32)
+        return lr, msi, bad
+
+    @staticmethod
+    def _finish_np(out: np.ndarray, bad: np.ndarray) -> np.ndarray:
+        if bad.any():
+            out[:, bad] = np.nan
+        return np.ascontiguousarray(out, dtype=np.float32)
+
     @staticmethod
     def _finish(out, bad: np.ndarray) -> np.ndarray:
         res = out.detach().to("cpu").float().numpy()
@@ -185,6 +212,9 @@ class Bicubic(_ClassicalBase):
 
     def fuse_tile(self, lr: np.ndarray, msi: np.ndarray | None = None) -> np.ndarray:
         # the MSI is only used for its nodata mask (the output lives on the MSI grid, as in the engine)
+        if self.device == "cpu":  # numpy on a CPU, as gsa: no torch import
+            lr, _, bad = self._arrays_np(lr, msi)
+            return self._finish_np(upsample_np(lr, self.scale, self.offset), bad)
         lr_t, _, bad = self._tensors(lr, msi)
         return self._finish(upsample_t(lr_t, self.scale, self.offset), bad)
 
@@ -404,17 +434,8 @@ class DetailInjection(_ClassicalBase):
 
     def _fuse_tile_np(self, lr: np.ndarray, msi: np.ndarray) -> np.ndarray:
         s = self.scale
-        lr = np.asarray(lr, dtype=np.float32)
-        msi = np.asarray(msi, dtype=np.float32)
+        lr, msi, bad = self._arrays_np(lr, msi)
         c, h, w = lr.shape
-        if msi.shape[1:] != (h * s, w * s):
-            raise InputError(f"MSI tile {msi.shape} does not match LR tile {lr.shape} at scale {s}")
-        bad_lr, bad_m = ~_valid_2d(lr), ~_valid_2d(msi)
-        bad = np.repeat(np.repeat(bad_lr, s, 0), s, 1) | bad_m
-        if bad_lr.any():
-            lr = np.where(np.isfinite(lr), lr, np.asarray(self._lr_fill, np.float32)[:, None, None]).astype(np.float32)
-        if bad_m.any():
-            msi = np.where(np.isfinite(msi), msi, np.asarray(self._msi_fill, np.float32)[:, None, None]).astype(np.float32)
         al, be = self._local_coefs_np(lr, spatial_degrade(msi, self.psf))
         al, be = al.astype(np.float32), be.astype(np.float32)
         m = al.shape[1]
@@ -428,9 +449,7 @@ class DetailInjection(_ClassicalBase):
                 qc += ah[:, k]
             del ah
         upsample_np(lr - spatial_degrade(q, self.psf), s, self.offset, add_to=q)
-        if bad.any():
-            q[:, bad] = np.nan
-        return np.ascontiguousarray(q, dtype=np.float32)
+        return self._finish_np(q, bad)
 
     def fuse_tile(self, lr: np.ndarray, msi: np.ndarray) -> np.ndarray:
         if self._numpy_path():

@@ -364,3 +364,18 @@ def test_gsa_and_planning_run_without_importing_torch(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "False", r.stderr
     assert (tmp_path / "out.tif").exists()
+
+
+def test_bicubic_runs_in_numpy_on_a_cpu_and_equals_the_torch_bicubic():
+    import torch
+
+    from hsfuse.models.common import upsample
+
+    psf = Psf(gaussian_kernel(7, 1.5), 4, pad=0)  # LR samples off the block centres: the phase is used too
+    z, lr, msi, _, _ = _pair(bands=5, size=40, scale=4, psf=psf)
+    problem = FusionProblem(scale=4, lr_bands=5, msi_bands=3, psf=psf)
+    got = fuse_arrays(Bicubic(problem), lr, msi, problem)
+    from hsfuse.forward.psf import sampling_phase
+
+    ref = upsample(torch.from_numpy(lr), 4, sampling_phase(psf)).numpy()
+    assert np.abs(got - ref).max() < 1e-5 * np.abs(ref).max()
