@@ -129,7 +129,7 @@ _ENTRIES: list[ModelEntry] = [
     ),
     ModelEntry(
         "refine", "supervised",
-        "Small CNN correcting the gsa estimate, its body on a half-resolution grid: about twice gsa's CPU cost.",
+        "Small CNN correcting the gsa estimate, its body on a half-resolution grid: 3-4x the CPU of gsa (numpy), under 1 GiB.",
         "hsfuse.models.zoo_fuser:RefineFuser", "band counts and scale of the trained weights",
         paper="ours (docs/models/refine.md)", needs_psf=True,
         weights=("refine-cave-gauss-x8", "refine-dian-gauss-x8", "refine-cave-mhf-x32", "refine-cave-gauss-x4"), default_overlap=16,
