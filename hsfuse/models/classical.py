@@ -115,32 +115,17 @@ class _ClassicalBase(Fuser):
             self._msi_fill = _band_means(msi_lr)
 
     def _tensors(self, lr: np.ndarray, msi: np.ndarray | None):
+        """``_arrays_np`` on the device, in the precision's dtype."""
         torch = _torch()
         dt = _dtype(self.precision)
-        s = self.scale
-        lr = np.asarray(lr, dtype=np.float32)
-        c, h, w = lr.shape
-        bad_lr = ~_valid_2d(lr)
-        bad = np.repeat(np.repeat(bad_lr, s, 0), s, 1)
+        lr, msi, bad = self._arrays_np(lr, msi, np.float64 if dt == torch.float64 else np.float32)
         lr_t = torch.as_tensor(lr, device=self.device).to(dt)
-        if bad_lr.any():
-            fill = self._lr_fill if self._lr_fill is not None else np.zeros(c)
-            lr_t = torch.where(torch.isfinite(lr_t), lr_t, torch.as_tensor(fill, device=self.device, dtype=dt)[:, None, None])
-        msi_t = None
-        if msi is not None:
-            msi = np.asarray(msi, dtype=np.float32)
-            if msi.shape[1:] != (h * s, w * s):
-                raise InputError(f"MSI tile {msi.shape} does not match LR tile {lr.shape} at scale {s}")
-            bad_m = ~_valid_2d(msi)
-            bad = bad | bad_m
-            msi_t = torch.as_tensor(msi, device=self.device).to(dt)
-            if bad_m.any():
-                fill = self._msi_fill if self._msi_fill is not None else np.zeros(msi.shape[0])
-                msi_t = torch.where(torch.isfinite(msi_t), msi_t, torch.as_tensor(fill, device=self.device, dtype=dt)[:, None, None])
+        msi_t = None if msi is None else torch.as_tensor(msi, device=self.device).to(dt)
         return lr_t, msi_t, bad
 
-    def _arrays_np(self, lr: np.ndarray, msi: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-        """``_tensors`` in numpy: float32 tiles with nodata filled by the band means, and the HR nodata mask."""
+    def _arrays_np(self, lr: np.ndarray, msi: np.ndarray | None,
+                   fill_dtype=np.float32) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """Float32 tiles (``fill_dtype`` where nodata was filled with the band means) and the HR nodata mask."""
         s = self.scale
         lr = np.asarray(lr, dtype=np.float32)
         c, h, w = lr.shape
@@ -148,7 +133,7 @@ class _ClassicalBase(Fuser):
         bad = np.repeat(np.repeat(bad_lr, s, 0), s, 1)
         if bad_lr.any():
             fill = self._lr_fill if self._lr_fill is not None else np.zeros(c)
-            lr = np.where(np.isfinite(lr), lr, np.asarray(fill, np.float32)[:, None, None]).astype(np.float32)
+            lr = np.where(np.isfinite(lr), lr.astype(fill_dtype), np.asarray(fill, fill_dtype)[:, None, None])
         if msi is not None:
             msi = np.asarray(msi, dtype=np.float32)
             if msi.shape[1:] != (h * s, w * s):
@@ -157,7 +142,7 @@ class _ClassicalBase(Fuser):
             bad = bad | bad_m
             if bad_m.any():
                 fill = self._msi_fill if self._msi_fill is not None else np.zeros(msi.shape[0])
-                msi = np.where(np.isfinite(msi), msi, np.asarray(fill, np.float32)[:, None, None]).astype(np.float32)
+                msi = np.where(np.isfinite(msi), msi.astype(fill_dtype), np.asarray(fill, fill_dtype)[:, None, None])
         return lr, msi, bad
 
     @staticmethod

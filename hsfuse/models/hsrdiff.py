@@ -111,7 +111,6 @@ class HSRDiffFuser(NetworkFuser):
     # -- tile position
     def _origin(self, lr: np.ndarray, origin) -> tuple[int, int]:
         s, halo = self.problem.scale, self.halo_lr
-        lr = np.nan_to_num(np.asarray(lr, np.float32))
         if origin is not None:
             self.origin_source = "given"
             return int(origin[0]), int(origin[1])
