@@ -263,8 +263,8 @@ def fuse(
                 say(f"{out_path}: {res.plan['model']} ({res.plan['model_reason']}), x{res.plan['scale']}, "
                     f"{res.plan['tiles']} tile(s) on {res.plan['device']}, {res.seconds:.2f} s "
                     f"({res.megapixels_per_second:.3g} MP/s)"
-                    + ("; LR consistency on (the PSF taken as exact; -O lr_consistency=off skips it)"
-                       if (res.model_info or {}).get("lr_consistency") else ""))
+                    + (f"; LR consistency on ({(res.model_info or {}).get('lr_consistency')}, the PSF taken as exact; "
+                       "-O lr_consistency=off skips it)" if (res.model_info or {}).get("lr_consistency") else ""))
                 record({"lr": str(lr_path), "msi": str(msi_path), "output": res.output, "status": "ok",
                         "seconds": res.seconds, "megapixels_per_second": res.megapixels_per_second,
                         "plan": res.plan, "model_info": res.model_info})

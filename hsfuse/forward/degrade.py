@@ -106,6 +106,58 @@ def spatial_degrade_t(z, psf: Psf):
     return out.reshape(*lead, c, ho, wo)
 
 
+def spatial_adjoint_t(v, psf: Psf, h: int, w: int):
+    """The adjoint (transpose) of ``spatial_degrade_t`` for an HR grid of h × w: (..., C, h//s, w//s) → (..., C, h, w).
+
+    ``<spatial_degrade_t(z), v> = <z, spatial_adjoint_t(v)>`` (tested). Differentiable; what the exact LR
+    projection (``models.consistency.project_lr``) spreads a residual with.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    *lead, c, ho, wo = v.shape
+    s, k, p = psf.scale, psf.size, psf.pad
+    ker = torch.as_tensor(psf.kernel, dtype=v.dtype, device=v.device).view(1, 1, k, k)
+    g = F.conv_transpose2d(v.reshape(-1, 1, ho, wo), ker, stride=s)  # (N, 1, s(ho-1)+k, s(wo-1)+k)
+    if p == 0 and s * (ho - 1) + k <= min(h, w):
+        out = F.pad(g, (0, w - g.shape[-1], 0, h - g.shape[-2]))
+        return out.reshape(*lead, c, h, w)
+    dev = v.device
+    ri, rv = _border_index_t(torch.arange(-p, s * (ho - 1) + k - p, device=dev), h, psf.border)
+    ci, cv = _border_index_t(torch.arange(-p, s * (wo - 1) + k - p, device=dev), w, psf.border)
+    if rv is not None:
+        g = g * (rv[:, None] & cv[None, :]).to(g.dtype)
+    rows = g.new_zeros(g.shape[0], 1, h, g.shape[-1]).index_add(2, ri, g)
+    out = g.new_zeros(g.shape[0], 1, h, w).index_add(3, ci, rows)
+    return out.reshape(*lead, c, h, w)
+
+
+def lr_supports_disjoint(psf: Psf, border: str | None = None) -> bool:
+    """Whether no HR pixel feeds two LR pixels (kernel no wider than the stride, borders folding back onto the
+    pixel's own taps): then ``A Aᵀ`` is diagonal and the projection onto ``A z = LR`` is one exact local step."""
+    border = border or psf.border
+    s, k, p = psf.scale, psf.size, psf.pad
+    n = 4
+    for marg in (np.abs(psf.kernel).sum(1), np.abs(psf.kernel).sum(0)):
+        owner = np.full(n * s, -1)
+        for i in range(n):
+            for a in np.flatnonzero(marg > 0):
+                j = s * i + a - p
+                if border == "reflect":
+                    j = j % (2 * n * s)
+                    j = j if j < n * s else 2 * n * s - 1 - j
+                elif border == "wrap":
+                    j %= n * s
+                elif border in ("edge", "zero"):
+                    if border == "zero" and not 0 <= j < n * s:
+                        continue
+                    j = min(max(j, 0), n * s - 1)
+                if owner[j] not in (-1, i):
+                    return False
+                owner[j] = i
+    return True
+
+
 # ---------------------------------------------------------------------------
 # Building PSFs from user options, cropping, noise, the whole forward model
 # ---------------------------------------------------------------------------

@@ -1,4 +1,9 @@
-"""LR consistency for a network's estimate: multiplicative back-projection through the known PSF.
+"""LR consistency for a network's estimate: the exact projection (``project_lr``) or the older
+multiplicative back-projection (``match_lr``) through the known PSF.
+
+``project_lr`` is what networks trained through it (``hsfuse train --lr-projection``; their record says
+``"lr_consistency": "project"``) get: the nearest cube whose degradation is the LR-HSI, one exact step for
+the block forms. ``match_lr`` (below) is what older weights get with the exact PSF.
 
 A trained network maps (LR-HSI, MSI) to an HR cube from what its training
 scenes taught it; on a scene whose spectra none of them had it gets the
@@ -53,3 +58,37 @@ def match_lr(y, lr, psf: Psf, iterations: int = ITERATIONS):
         ratio = torch.where(ok, lr / torch.where(ok, low, torch.ones_like(low)), torch.ones_like(low)).clamp(lo, hi)
         y = y * bilinear(ratio, psf.scale, phase)[..., :y.shape[-2], :y.shape[-1]]
     return y
+
+
+
+def project_lr(y, lr, psf: Psf, iterations: int = 1):
+    """``y`` (N, C, H, W) moved towards the cubes whose degradation is ``lr``: ``y + Aᵀ D⁻¹ (LR − A y)`` with
+    ``D = A Aᵀ 1``, then ≥ 0. Torch tensors; differentiable, so a network can be trained through it.
+
+    For a PSF whose LR pixels draw on disjoint HR pixels (``forward.degrade.lr_supports_disjoint``: the block
+    forms) ``A Aᵀ`` is diagonal and one step is the exact orthogonal projection; the projection and the clamp
+    are projections onto convex sets that hold the true cube (noise-free LR, exact PSF), so neither moves the
+    estimate away from it. For overlapping kernels each step is a SIRT iteration (convergent: D bounds A Aᵀ's rows).
+    LR pixels that are not positive (dark, nodata) are left alone.
+    """
+    import torch
+
+    from ..forward.degrade import spatial_adjoint_t, spatial_degrade_t
+
+    h, w = y.shape[-2:]
+    lr = lr.to(y.dtype)
+    norm = None
+    for _ in range(iterations):
+        low = spatial_degrade_t(y, psf)
+        if norm is None:
+            lr = lr[..., :low.shape[-2], :low.shape[-1]]
+            norm = spatial_degrade_t(spatial_adjoint_t(torch.ones_like(low[:1, :1]), psf, h, w), psf)
+            ok = (lr > 0) & (norm > 1e-12)
+        r = torch.where(ok, (lr - low) / norm.clamp_min(1e-12), torch.zeros_like(low))
+        y = (y + spatial_adjoint_t(r, psf, h, w)).clamp_min(0)
+    return y
+
+
+def projection_halo(psf: Psf, iterations: int = 1) -> int:
+    """LR pixels of context the projection needs: per step, the PSF's reach twice (A then Aᵀ) and one more."""
+    return iterations * (2 * psf.halo_lr + 1)

@@ -32,10 +32,14 @@ import numpy as np
 from ..errors import ModelError, UsageError
 from ..fusion.base import Fuser, FusionProblem
 from .architectures import build_network
-from .consistency import consistency_halo, match_lr
+from .consistency import consistency_halo, match_lr, project_lr, projection_halo
 
-#: -O lr_consistency=VALUE -> on/off ("auto": on when the PSF is exact)
-LR_CONSISTENCY = {"auto": None, "on": True, "true": True, "1": True, "off": False, "false": False, "0": False}
+#: -O lr_consistency=VALUE -> on/off ("auto": on when the PSF is exact, or known for weights trained through the
+#: projection); "ratio" / "project" force the method (models/consistency.py)
+LR_CONSISTENCY = {"auto": None, "on": True, "true": True, "1": True, "off": False, "false": False, "0": False,
+                  "ratio": True, "project": True}
+#: SIRT steps of the LR projection where the PSF's LR pixels share HR pixels (one step is exact otherwise)
+PROJECTION_STEPS_OVERLAP = 3
 
 def _autocast(device: str, precision: str):
     from .common import autocast
@@ -149,13 +153,25 @@ class NetworkFuser(Fuser):
         if grid > 1 and problem.scale % grid:  # HR origin s*k on the grid: k a multiple of grid / gcd(s, grid)
             self.align = math.lcm(self.align, grid // math.gcd(problem.scale, grid))
         # LR consistency (models/consistency.py): on by default only with the exact PSF, where it pays
+        # Weights trained through the exact projection (record "lr_consistency": "project") rely on it for the
+        # low frequencies, so it is on wherever the PSF is known; the others take the ratio where the PSF is exact.
         mode = str(problem.options.get("lr_consistency", "auto")).lower()
         if mode not in LR_CONSISTENCY:
-            raise ModelError(f"option lr_consistency must be auto, on or off, got {mode!r}")
-        self.lr_consistency = LR_CONSISTENCY[mode] if mode != "auto" else bool(problem.psf_exact)
+            raise ModelError(f"option lr_consistency must be auto, on, off, ratio or project, got {mode!r}")
+        trained = self.record.get("lr_consistency") == "project"
+        self.consistency_method = mode if mode in ("ratio", "project") else ("project" if trained else "ratio")
+        auto = problem.psf is not None if trained else bool(problem.psf_exact)
+        self.lr_consistency = LR_CONSISTENCY[mode] if mode != "auto" else auto
         if self.lr_consistency and problem.psf is None:
             raise ModelError("option lr_consistency=on needs the PSF (give {psf} or {protocol})", options=("psf", "protocol"))
-        extra = consistency_halo(problem.psf) if self.lr_consistency else 0
+        extra = 0
+        if self.lr_consistency and self.consistency_method == "project":
+            from ..forward.degrade import lr_supports_disjoint
+
+            self.projection_steps = 1 if lr_supports_disjoint(problem.psf) else PROJECTION_STEPS_OVERLAP
+            extra = projection_halo(problem.psf, self.projection_steps)
+        elif self.lr_consistency:
+            extra = consistency_halo(problem.psf)
         self.net_need = net_halo + (self.align - 1) + extra  # LR context the network and LR consistency need
         self.halo_bound = self.net_need + prior_halo
         measured = self.record.get("halo_lr", {}).get(str(problem.scale)) if isinstance(self.record.get("halo_lr"), dict) else None
@@ -238,7 +254,10 @@ class NetworkFuser(Fuser):
         y = self._predict(lr_t, msi_t, prior_t, (origin[0] - ky * s, origin[1] - kx * s))
         if self.lr_consistency:
             with torch.no_grad():
-                y = match_lr(y.float(), lr_t, self.problem.psf)
+                if self.consistency_method == "project":
+                    y = project_lr(y.float(), lr_t, self.problem.psf, self.projection_steps)
+                else:
+                    y = match_lr(y.float(), lr_t, self.problem.psf)
         y = y[0, :, ky * s:(ky + h) * s, kx * s:(kx + w) * s].float().cpu().numpy()
         if any(cut):  # back to the input's extent; the engine keeps only the centre, which the network computed
             t, b, l, r = cut
@@ -251,7 +270,7 @@ class NetworkFuser(Fuser):
                 "architecture": self.record.get("architecture"), "prior": bool(getattr(self.net, "prior", False)),
                 "scales": self.record.get("scales"), "protocol": self.record.get("protocol"),
                 "parameters": self.record.get("parameters"), "tta": self.tta,
-                "lr_consistency": self.lr_consistency}
+                "lr_consistency": self.consistency_method if self.lr_consistency else False}
 
 
 class MFTNFuser(NetworkFuser):

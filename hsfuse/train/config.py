@@ -76,6 +76,9 @@ class TrainConfig:
     val_steps: int = opt(8, help="hsr-diff: DDIM sampling steps used for validation (default 8).")
     prior: bool = opt(True, kind="switch", help="Refine the GSA detail-injection estimate (default on).")
     distill: bool = opt(False, kind="switch", help="Co-train a teacher and distil it into the student.")
+    lr_projection: bool = opt(False, kind="switch",
+                              help="Train through the exact LR projection (PSFs whose LR pixels draw on disjoint HR "
+                                   "pixels): the network learns only what the LR-HSI cannot fix; fuse applies it too.")
     nf: int = opt(0, help="Feature width (default: scaled with the band count).")
     heads: int = opt(0, help="Attention heads (default: width / 4 for the student, / 8 for the teacher).")
     attn_window: int = 3  # LR pixels

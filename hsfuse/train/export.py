@@ -92,6 +92,8 @@ def build_record(cfg: TrainConfig, net, fm, result, train_scenes: Sequence, val_
         "protocol": fm.name,
         "psf": {"name": fm.psf.name, "kernel_size": int(fm.psf.size), "scale": int(fm.psf.scale), "pad": int(fm.psf.pad)},
         "prior": "gsa (regression detail injection, fitted per scene)" if cfg.prior else None,
+        # trained through the exact LR projection: fuse must apply it (models/consistency.py)
+        "lr_consistency": "project" if getattr(cfg, "lr_projection", False) else None,
         "value_range": [0.0, 1.0],
         "training_data": {"dataset": "CAVE (Yasuma et al., 2010)" if "cave" in fm.name else "user data",
                           "scenes": [s.name for s in train_scenes], "patch": cfg.patch, "batch": cfg.batch,

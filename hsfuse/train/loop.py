@@ -376,8 +376,17 @@ class TrainingRun:
                                  cfg.init_weights, options=("init_weights",)) from None
             self.say(f"initialised from {cfg.init_weights} ({rec.get('steps')} steps)")
         self.net = net
-        self.bundle = _bundle_cls()(net, make_loss(cfg.model, cfg.weights, self.fm), cfg.weights, teacher, adapter).to(self.device)
-        self.pred = predictor(cfg.model, net, cfg.val_steps, cfg.seed)
+        proj_psf = None
+        if cfg.lr_projection:
+            from ..forward.degrade import lr_supports_disjoint
+
+            if not lr_supports_disjoint(self.fm.psf):
+                raise UsageError(f"{{lr_projection}} needs a PSF whose LR pixels draw on disjoint HR pixels; "
+                                 f"{self.fm.psf.name} overlaps", options=("lr_projection",))
+            proj_psf = self.fm.psf
+        loss = make_loss(cfg.model, cfg.weights, self.fm, lr_projection=cfg.lr_projection)
+        self.bundle = _bundle_cls()(net, loss, cfg.weights, teacher, adapter).to(self.device)
+        self.pred = predictor(cfg.model, net, cfg.val_steps, cfg.seed, lr_projection_psf=proj_psf)
         self.opt = torch.optim.AdamW(self.bundle.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg))
         self.model = self.bundle

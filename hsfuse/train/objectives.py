@@ -62,16 +62,28 @@ def record_kwargs(model: str, net) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- losses
 
 
-def make_loss(model: str, weights: Mapping[str, float], fm=None) -> Callable:
-    """``loss(net, lr, msi, prior, hr) -> (output used for distillation or None, {term: tensor})``."""
+def make_loss(model: str, weights: Mapping[str, float], fm=None, lr_projection: bool = False) -> Callable:
+    """``loss(net, lr, msi, prior, hr) -> (output used for distillation or None, {term: tensor})``.
+
+    ``lr_projection``: the output is projected onto the cubes whose degradation is the LR patch
+    (``models.consistency.project_lr``) before the loss, as ``fuse`` will do.
+    """
     import torch
 
+    from ..errors import UsageError
+
     w = dict(weights)
+    if lr_projection and model not in ("student", "teacher", "refine"):
+        raise UsageError(f"{{lr_projection}} is implemented for refine and CSAKD, not {model}", options=("lr_projection",))
     if model in ("student", "teacher", "refine"):
         from .losses import gt_losses
 
         def csakd(net, lr, msi, prior, hr):
             out = net(lr, msi, prior).float()
+            if lr_projection:
+                from ..models.consistency import project_lr
+
+                out = project_lr(out, lr, fm.psf)
             return out, gt_losses(out, hr, w)
 
         return csakd
@@ -134,9 +146,13 @@ def make_loss(model: str, weights: Mapping[str, float], fm=None) -> Callable:
 # ----------------------------------------------------------------------------- prediction
 
 
-def predictor(model: str, net, diffusion_steps: int = 8, seed: int = 0):
-    """A module whose ``forward(lr, msi, prior)`` is the model's HR estimate (validation, benchmarks)."""
+def predictor(model: str, net, diffusion_steps: int = 8, seed: int = 0, lr_projection_psf=None):
+    """A module whose ``forward(lr, msi, prior)`` is the model's HR estimate (validation, benchmarks);
+    projected onto the LR-consistent cubes when the network was trained that way (``lr_projection_psf``)."""
     from torch import nn
+
+    if lr_projection_psf is not None:
+        return _projected_cls()(net, lr_projection_psf)
 
     if model == "mulsr":
         from ..models.networks.mulsr import SelectOutput
@@ -147,6 +163,29 @@ def predictor(model: str, net, diffusion_steps: int = 8, seed: int = 0):
     if isinstance(net, nn.Module):
         return net
     raise ValueError(model)
+
+
+def _projected_cls():
+    from torch import nn
+
+    class _Projected(nn.Module):
+        """A network trained through the LR projection, as validation must run it (the fuser applies the same step)."""
+
+        def __init__(self, net, psf):
+            super().__init__()
+            self.net, self.psf = net, psf
+            self.prior = net.prior
+            self.grid_hr = getattr(net, "grid_hr", 1)
+
+        def receptive_radius_hr(self, scale: int) -> int:
+            return self.net.receptive_radius_hr(scale) + scale * (1 + self.psf.halo_lr)
+
+        def forward(self, lr, msi, prior=None):
+            from ..models.consistency import project_lr
+
+            return project_lr(self.net(lr, msi, prior).float(), lr, self.psf)
+
+    return _Projected
 
 
 def _diffusion_predictor_cls():

@@ -536,5 +536,5 @@ def test_cli_reports_lr_consistency_and_rejects_a_bad_value(tmp_path):
     forced = runner.invoke(app, args + ["-o", str(tmp_path / "b.tif"), "--psf", "box", "-O", "lr_consistency=on"])
     assert forced.exit_code == 0 and "LR consistency on" in forced.output
     bad = runner.invoke(app, args + ["-o", str(tmp_path / "c.tif"), "-O", "lr_consistency=maybe"])
-    assert bad.exit_code != 0 and "lr_consistency must be auto, on or off" in bad.output
+    assert bad.exit_code != 0 and "lr_consistency must be auto, on, off, ratio or project" in bad.output
     assert not (tmp_path / "c.tif").exists()

@@ -521,3 +521,38 @@ def test_tiled_validation_of_hsr_diff_uses_its_fuser(synth):
     tiled = predict_scene(pred, sc.lr, sc.msi, sc.prior, "cpu", 24, fm)
     assert one.shape == sc.hr.shape and np.isfinite(one).all()
     np.testing.assert_allclose(tiled, one, atol=1e-4)
+
+
+def test_training_through_the_lr_projection_records_it_and_fuse_applies_it(tmp_path, synth):
+    """--lr-projection: the loss sees the projected output, validation too, the record says so and the
+    fuser then projects (the exported network reproduces its validation number through the engine)."""
+    import dataclasses
+
+    from hsfuse.forward.psf import Psf, gaussian_kernel
+    from hsfuse.fusion.base import FusionProblem
+    from hsfuse.models.classical import fuse_arrays
+    from hsfuse.models.zoo_fuser import NetworkFuser
+    from hsfuse.train.data import rescaled_scenes
+    from hsfuse.train.loop import quick_metrics
+    from hsfuse.weights import load_weights
+
+    scenes, fm = synth
+    overlapping = tiny(tmp_path, model="refine", model_kwargs={"nf": 8, "hr_nf": 4, "blocks": 1}, lr_projection=True)
+    with pytest.raises(UsageError, match="lr_projection"):  # the Gaussian conv PSF shares HR pixels between LR pixels
+        train(overlapping, scenes=scenes[:2], val_scenes=scenes[2:], fm=fm)
+    fm_b = dataclasses.replace(fm, psf=Psf.block(gaussian_kernel(4, 1.0)))
+    block = rescaled_scenes(scenes, fm_b, prior=True)
+    stem = tmp_path / "w" / "refine-proj"
+    cfg = tiny(tmp_path, model="refine", model_kwargs={"nf": 8, "hr_nf": 4, "blocks": 1}, lr_projection=True, steps=20,
+               batch=4, export=str(stem), export_if_better=False, val_every=20, checkpoint_every=20)
+    res = train(cfg, scenes=block[:2], val_scenes=block[2:], fm=fm_b)
+    assert np.isfinite(res.loss_history).all()
+    _, rec = load_weights(stem)
+    assert rec["lr_consistency"] == "project" and rec["training_config"]["lr_projection"] is True
+    sc = block[2]
+    problem = FusionProblem(scale=4, lr_bands=8, msi_bands=3, psf=fm_b.psf, srf=fm_b.srf, options={"weights": str(stem)})
+    fuser = NetworkFuser(problem)
+    assert fuser.consistency_method == "project" and fuser.lr_consistency
+    out = fuse_arrays(fuser, sc.lr, sc.msi, problem)
+    got = quick_metrics(sc.hr, out, 4)["psnr"]
+    assert abs(got - rec["validation_metrics"]["model"]["scenes"][sc.name]["psnr"]) < 0.3

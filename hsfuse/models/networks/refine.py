@@ -34,10 +34,10 @@ def _add(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class _Block(nn.Module):
-    def __init__(self, nf: int):
+    def __init__(self, nf: int, bias: bool = True):
         super().__init__()
-        self.c1 = nn.Conv2d(nf, nf, 3, 1, 1)
-        self.c2 = nn.Conv2d(nf, nf, 3, 1, 1)
+        self.c1 = nn.Conv2d(nf, nf, 3, 1, 1, bias=bias)
+        self.c2 = nn.Conv2d(nf, nf, 3, 1, 1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _add(self.c2(F.leaky_relu(self.c1(x), 0.2, inplace=True)), x)
@@ -50,7 +50,7 @@ class RefineNet(nn.Module):
     grid_hr = 2  # 2**levels (set per instance): tile origins must be multiples of it in HR pixels
 
     def __init__(self, bands: int, msi_bands: int, scale: int = 8, nf: int = 64, hr_nf: int = 32, blocks: int = 2,
-                 prior: bool = False, levels: int = 1):
+                 prior: bool = False, levels: int = 1, bias: bool = True):
         super().__init__()
         self.bands, self.msi_bands, self.scale, self.nf, self.hr_nf, self.blocks_n = bands, msi_bands, int(scale), nf, hr_nf, blocks
         if int(levels) < 1:
@@ -61,19 +61,25 @@ class RefineNet(nn.Module):
                            prior=self.prior)
         if self.levels > 1:
             self.config["levels"] = self.levels
-        self.head = nn.Conv2d(bands + msi_bands, hr_nf, 3, 1, 1)
-        self.down = nn.Conv2d(4 * hr_nf, nf, 1)
-        self.body = nn.Sequential(*[_Block(nf) for _ in range(blocks)])
-        self.up = nn.Conv2d(nf, 4 * hr_nf, 1)
-        self.tail = nn.Conv2d(hr_nf, bands, 3, 1, 1)
+        # bias=False: every layer is linear or leaky-ReLU, both positively homogeneous, and so are the GSA prior and
+        # the LR projection: scaling both inputs by g scales the output by g exactly (any exposure, any units)
+        self.bias = bool(bias)
+        if not self.bias:
+            self.config["bias"] = False
+        self.head = nn.Conv2d(bands + msi_bands, hr_nf, 3, 1, 1, bias=bias)
+        self.down = nn.Conv2d(4 * hr_nf, nf, 1, bias=bias)
+        self.body = nn.Sequential(*[_Block(nf, bias) for _ in range(blocks)])
+        self.up = nn.Conv2d(nf, 4 * hr_nf, 1, bias=bias)
+        self.tail = nn.Conv2d(hr_nf, bands, 3, 1, 1, bias=bias)
         # coarser levels (each a further 2x2 unshuffle): context of whole LR pixels at large scales, at little cost;
         # their up-projections start at zero, so adding a level to a trained network leaves its output unchanged
-        self.down_k = nn.ModuleList(nn.Conv2d(4 * nf, nf, 1) for _ in range(self.levels - 1))
-        self.body_k = nn.ModuleList(nn.Sequential(*[_Block(nf) for _ in range(blocks)]) for _ in range(self.levels - 1))
-        self.up_k = nn.ModuleList(nn.Conv2d(nf, 4 * nf, 1) for _ in range(self.levels - 1))
+        self.down_k = nn.ModuleList(nn.Conv2d(4 * nf, nf, 1, bias=bias) for _ in range(self.levels - 1))
+        self.body_k = nn.ModuleList(nn.Sequential(*[_Block(nf, bias) for _ in range(blocks)]) for _ in range(self.levels - 1))
+        self.up_k = nn.ModuleList(nn.Conv2d(nf, 4 * nf, 1, bias=bias) for _ in range(self.levels - 1))
         for m in [self.tail, *self.up_k]:
             nn.init.zeros_(m.weight)
-            nn.init.zeros_(m.bias)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
     def receptive_radius_hr(self, scale: int) -> int:
         """HR pixels of context per output pixel (an upper bound; the tiling halo)."""
