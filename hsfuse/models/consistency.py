@@ -85,7 +85,10 @@ def project_lr(y, lr, psf: Psf, iterations: int = 1):
             norm = spatial_degrade_t(spatial_adjoint_t(torch.ones_like(low[:1, :1]), psf, h, w), psf)
             ok = (lr > 0) & (norm > 1e-12)
         r = torch.where(ok, (lr - low) / norm.clamp_min(1e-12), torch.zeros_like(low))
-        y = (y + spatial_adjoint_t(r, psf, h, w)).clamp_min(0)
+        if torch.is_grad_enabled():  # training: autograd needs fresh tensors
+            y = (y + spatial_adjoint_t(r, psf, h, w)).clamp_min(0)
+        else:  # inference: no second full-size buffer (the caller hands its estimate over)
+            y = y.add_(spatial_adjoint_t(r, psf, h, w)).clamp_(min=0)
     return y
 
 

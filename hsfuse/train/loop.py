@@ -380,9 +380,10 @@ class TrainingRun:
         if cfg.lr_projection:
             from ..forward.degrade import lr_supports_disjoint
 
-            if not lr_supports_disjoint(self.fm.psf):
-                raise UsageError(f"{{lr_projection}} needs a PSF whose LR pixels draw on disjoint HR pixels; "
-                                 f"{self.fm.psf.name} overlaps", options=("lr_projection",))
+            if not lr_supports_disjoint(self.fm.psf) or self.fm.psf.pad:
+                # a patch holds each of its LR pixels' whole footprint only in the block form (pad 0)
+                raise UsageError(f"{{lr_projection}} needs a block-form PSF (LR pixels drawing on disjoint HR pixels of "
+                                 f"their own block); {self.fm.psf.name} is not one", options=("lr_projection",))
             proj_psf = self.fm.psf
         loss = make_loss(cfg.model, cfg.weights, self.fm, lr_projection=cfg.lr_projection)
         self.bundle = _bundle_cls()(net, loss, cfg.weights, teacher, adapter).to(self.device)
