@@ -141,6 +141,10 @@ class NetworkFuser(Fuser):
             self.net, self.record = self._load_network()
         self._configure()
         self.net.to(device).eval()
+        if str(device) == "cpu":
+            from .common import keep_freed_memory
+
+            keep_freed_memory()  # tensors of a tile reuse freed memory instead of page-faulting afresh
         self.prior_fuser, prior_halo = prior_for(self.net, problem, device)
         net_halo = self._network_halo()
         # MulSR at its small scale averages LR pixels in blocks of `align` for its large branch: tiles are

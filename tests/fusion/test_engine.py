@@ -248,7 +248,9 @@ def test_default_model_is_the_pretrained_one_under_its_protocol(shared_data):
                     assert gain is None or gain <= chosen
     if (registry.weights_dir() / "refine-cave-gauss-x8.json").exists():  # the CPU default of the shipped set
         assert plan.model.name == "refine"
-        assert "'mulsr' would gain" in plan.model_reason  # the better, slower network is named
+        mulsr = WeightsRecord.of(read_record(registry.weights_dir() / "mulsr-cave-gauss-x8.json")).validation_gain(8)
+        # a better but slower network is named in the reason; one that gains less is not
+        assert ("'mulsr' would gain" in plan.model_reason) == (mulsr is not None and mulsr > chosen), plan.model_reason
         assert engine.make_plan(lr, msi, FuseConfig(protocol="cave-gauss-x8", model="mulsr")).model.name == "mulsr"
 
 
