@@ -156,8 +156,7 @@ class NetworkFuser(Fuser):
         grid = int(getattr(self.net, "grid_hr", 1))
         if grid > 1 and problem.scale % grid:  # HR origin s*k on the grid: k a multiple of grid / gcd(s, grid)
             self.align = math.lcm(self.align, grid // math.gcd(problem.scale, grid))
-        # LR consistency (models/consistency.py): on by default only with the exact PSF, where it pays
-        # Weights trained through the exact projection (record "lr_consistency": "project") rely on it for the
+        # LR consistency (models/consistency.py). Weights trained through the exact projection (record "lr_consistency": "project") rely on it for the
         # low frequencies, so it is on wherever the PSF is known; the others take the ratio where the PSF is exact.
         mode = str(problem.options.get("lr_consistency", "auto")).lower()
         if mode not in LR_CONSISTENCY:
