@@ -150,29 +150,22 @@ def spatial_adjoint_t(v, psf: Psf, h: int, w: int):
     return out.reshape(*lead, c, h, w)
 
 
-def lr_supports_disjoint(psf: Psf, border: str | None = None) -> bool:
+def lr_supports_disjoint(psf: Psf) -> bool:
     """Whether no HR pixel feeds two LR pixels (kernel no wider than the stride, borders folding back onto the
-    pixel's own taps): then ``A Aᵀ`` is diagonal and the projection onto ``A z = LR`` is one exact local step."""
-    border = border or psf.border
-    s, p = psf.scale, psf.pad
-    n = 4
+    pixel's own taps): then ``A Aᵀ`` is diagonal and the projection onto ``A z = LR`` is one exact local step.
+    Checked per axis on a 4-LR-pixel line, the border rule applied as ``spatial_degrade_t`` applies it."""
+    import torch
+
+    s, p, n = psf.scale, psf.pad, 4
     for marg in (np.abs(psf.kernel).sum(1), np.abs(psf.kernel).sum(0)):
         owner = np.full(n * s, -1)
+        taps = np.flatnonzero(marg > 0)
         for i in range(n):
-            for a in np.flatnonzero(marg > 0):
-                j = s * i + a - p
-                if border == "reflect":
-                    j = j % (2 * n * s)
-                    j = j if j < n * s else 2 * n * s - 1 - j
-                elif border == "wrap":
-                    j %= n * s
-                elif border in ("edge", "zero"):
-                    if border == "zero" and not 0 <= j < n * s:
-                        continue
-                    j = min(max(j, 0), n * s - 1)
-                if owner[j] not in (-1, i):
+            j, valid = _border_index_t(torch.as_tensor(s * i + taps - p), n * s, psf.border)
+            for jj in j[valid].tolist() if valid is not None else j.tolist():
+                if owner[jj] not in (-1, i):
                     return False
-                owner[j] = i
+                owner[jj] = i
     return True
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
@@ -120,6 +121,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 KEEP_FREED_BYTES = 256 << 20
 
 
+@functools.cache
 def keep_freed_memory() -> bool:
     """Let glibc keep up to 256 MiB of freed memory for reuse instead of returning each large tensor to the OS.
 

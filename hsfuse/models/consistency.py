@@ -60,7 +60,6 @@ def match_lr(y, lr, psf: Psf, iterations: int = ITERATIONS):
     return y
 
 
-
 def project_lr(y, lr, psf: Psf, iterations: int = 1):
     """``y`` (N, C, H, W) moved towards the cubes whose degradation is ``lr``: ``y + Aᵀ D⁻¹ (LR − A y)`` with
     ``D = A Aᵀ 1``, then ≥ 0. Torch tensors; differentiable, so a network can be trained through it.
@@ -76,15 +75,13 @@ def project_lr(y, lr, psf: Psf, iterations: int = 1):
     from ..forward.degrade import spatial_adjoint_t, spatial_degrade_t
 
     h, w = y.shape[-2:]
-    lr = lr.to(y.dtype)
-    norm = None
+    s = psf.scale
+    lr = lr.to(y.dtype)[..., :h // s, :w // s]
+    norm = spatial_degrade_t(spatial_adjoint_t(torch.ones_like(lr[:1, :1]), psf, h, w), psf)  # diag(A Aᵀ)
+    ok = (lr > 0) & (norm > 1e-12)
+    norm = norm.clamp_min(1e-12)
     for _ in range(iterations):
-        low = spatial_degrade_t(y, psf)
-        if norm is None:
-            lr = lr[..., :low.shape[-2], :low.shape[-1]]
-            norm = spatial_degrade_t(spatial_adjoint_t(torch.ones_like(low[:1, :1]), psf, h, w), psf)
-            ok = (lr > 0) & (norm > 1e-12)
-        r = torch.where(ok, (lr - low) / norm.clamp_min(1e-12), torch.zeros_like(low))
+        r = torch.where(ok, (lr - spatial_degrade_t(y, psf)) / norm, torch.zeros_like(lr))
         if torch.is_grad_enabled():  # training: autograd needs fresh tensors
             y = (y + spatial_adjoint_t(r, psf, h, w)).clamp_min(0)
         else:  # inference: no second full-size buffer (the caller hands its estimate over)

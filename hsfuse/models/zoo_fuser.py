@@ -156,8 +156,9 @@ class NetworkFuser(Fuser):
         grid = int(getattr(self.net, "grid_hr", 1))
         if grid > 1 and problem.scale % grid:  # HR origin s*k on the grid: k a multiple of grid / gcd(s, grid)
             self.align = math.lcm(self.align, grid // math.gcd(problem.scale, grid))
-        # LR consistency (models/consistency.py). Weights trained through the exact projection (record "lr_consistency": "project") rely on it for the
-        # low frequencies, so it is on wherever the PSF is known; the others take the ratio where the PSF is exact.
+        # LR consistency (models/consistency.py). Weights trained through the exact projection (record
+        # "lr_consistency": "project") rely on it for the low frequencies, so it is on wherever the PSF is known;
+        # the others take the ratio step where the PSF is exact.
         mode = str(problem.options.get("lr_consistency", "auto")).lower()
         if mode not in LR_CONSISTENCY:
             raise ModelError(f"option lr_consistency must be auto, on, off, ratio or project, got {mode!r}")

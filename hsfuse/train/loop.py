@@ -376,18 +376,10 @@ class TrainingRun:
                                  cfg.init_weights, options=("init_weights",)) from None
             self.say(f"initialised from {cfg.init_weights} ({rec.get('steps')} steps)")
         self.net = net
-        proj_psf = None
-        if cfg.lr_projection:
-            from ..forward.degrade import lr_supports_disjoint
-
-            if not lr_supports_disjoint(self.fm.psf) or self.fm.psf.pad:
-                # a patch holds each of its LR pixels' whole footprint only in the block form (pad 0)
-                raise UsageError(f"{{lr_projection}} needs a block-form PSF (LR pixels drawing on disjoint HR pixels of "
-                                 f"their own block); {self.fm.psf.name} is not one", options=("lr_projection",))
-            proj_psf = self.fm.psf
-        loss = make_loss(cfg.model, cfg.weights, self.fm, lr_projection=cfg.lr_projection)
+        loss = make_loss(cfg.model, cfg.weights, self.fm, lr_projection=cfg.lr_projection)  # checks the PSF for it
         self.bundle = _bundle_cls()(net, loss, cfg.weights, teacher, adapter).to(self.device)
-        self.pred = predictor(cfg.model, net, cfg.val_steps, cfg.seed, lr_projection_psf=proj_psf)
+        self.pred = predictor(cfg.model, net, cfg.val_steps, cfg.seed,
+                              lr_projection_psf=self.fm.psf if cfg.lr_projection else None)
         self.opt = torch.optim.AdamW(self.bundle.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg))
         self.model = self.bundle

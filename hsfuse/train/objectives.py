@@ -73,8 +73,16 @@ def make_loss(model: str, weights: Mapping[str, float], fm=None, lr_projection: 
     from ..errors import UsageError
 
     w = dict(weights)
-    if lr_projection and model not in ("student", "teacher", "refine"):
-        raise UsageError(f"{{lr_projection}} is implemented for refine and CSAKD, not {model}", options=("lr_projection",))
+    if lr_projection:
+        from ..forward.degrade import lr_supports_disjoint
+
+        if model not in ("student", "teacher", "refine"):
+            raise UsageError(f"{{lr_projection}} is implemented for refine and CSAKD, not {model}", options=("lr_projection",))
+        if fm is None or not lr_supports_disjoint(fm.psf) or fm.psf.pad:
+            # a patch holds each of its LR pixels' whole footprint only in the block form (pad 0)
+            raise UsageError(f"{{lr_projection}} needs a block-form PSF (LR pixels drawing on disjoint HR pixels of their "
+                             f"own block); {'none given' if fm is None else fm.psf.name + ' is not one'}",
+                             options=("lr_projection",))
     if model in ("student", "teacher", "refine"):
         from .losses import gt_losses
 
@@ -178,7 +186,9 @@ def _projected_cls():
             self.grid_hr = getattr(net, "grid_hr", 1)
 
         def receptive_radius_hr(self, scale: int) -> int:
-            return self.net.receptive_radius_hr(scale) + scale * (1 + self.psf.halo_lr)
+            from ..models.consistency import projection_halo
+
+            return self.net.receptive_radius_hr(scale) + scale * projection_halo(self.psf)
 
         def forward(self, lr, msi, prior=None):
             from ..models.consistency import project_lr
