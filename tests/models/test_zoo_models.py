@@ -400,6 +400,57 @@ def test_tta_is_the_mean_of_transformed_passes_and_tiles_exactly(tmp_path):
         NetworkFuser(FusionProblem(2, 5, 3, options={"weights": str(stem), "tta": 3}))
 
 
+def _refine_weights(tmp_path, **record):
+    from hsfuse.weights import save_weights
+
+    torch.manual_seed(0)
+    net = build_network("refine", {"bands": 5, "msi_bands": 3, "scale": 4, "prior": True, "nf": 8, "hr_nf": 4, "blocks": 1})
+    torch.nn.init.normal_(net.tail.weight, std=0.1)
+    stem = tmp_path / "refine-tiny"
+    save_weights(stem, net.state_dict(), {"architecture": "refine", "kwargs": net.config, "bands": 5, "msi_bands": 3,
+                                          "scales": [4], "protocol": "test", "steps": 0, **record,
+                                          "training_data": "none (untrained test weights)", "validation_metrics": {}})
+    return stem
+
+
+def test_record_sets_the_tta_default_two_passes_are_the_input_and_its_half_turn(tmp_path):
+    """A record's "tta" is the default number of passes (an option overrides it); 2 passes average the plain output
+    and the output for the scene turned by 180°, turned back; tiles still equal the whole scene."""
+    from hsfuse.fusion.engine import FuseConfig, fuse_arrays
+
+    stem = _refine_weights(tmp_path, tta=2)
+    assert NetworkFuser(FusionProblem(4, 5, 3, options={"weights": str(stem)})).tta == 2
+    assert NetworkFuser(FusionProblem(4, 5, 3, options={"weights": str(stem), "tta": 1})).tta == 1
+    rng = np.random.default_rng(4)
+    lr, msi = rng.random((5, 10, 12), dtype=np.float32), rng.random((3, 40, 48), dtype=np.float32)
+    run = lambda a, b, tile=4096, **o: fuse_arrays(a, b, FuseConfig(model="refine", tile=tile, overlap=0,  # noqa: E731
+                                                                     options={"weights": str(stem), **o}, estimate="off"))
+    ens, one = run(lr, msi), run(lr, msi, tta=1)
+    assert np.abs(ens - one).max() > 1e-4
+    turn = lambda a: np.ascontiguousarray(a[:, ::-1, ::-1])  # noqa: E731
+    half = turn(run(turn(lr), turn(msi), tta=1))
+    both = (one > 0) & (half > 0)  # the fused cube is clipped at 0 after the mean, not before
+    assert both.mean() > 0.9
+    np.testing.assert_allclose(ens[both], ((one + half) / 2)[both], atol=1e-5)
+    np.testing.assert_allclose(run(lr, msi, tile=16), ens, atol=1e-5)
+
+
+def test_refine_runs_channels_last_on_a_cpu_with_the_same_output(tmp_path, monkeypatch):
+    """The channels-last layout (faster on a CPU) changes the order of sums only."""
+    from hsfuse.fusion.engine import FuseConfig, fuse_arrays
+    from hsfuse.models.networks.refine import RefineNet
+
+    stem = _refine_weights(tmp_path)
+    assert NetworkFuser(FusionProblem(4, 5, 3, options={"weights": str(stem)})).channels_last
+    rng = np.random.default_rng(5)
+    lr, msi = rng.random((5, 9, 11), dtype=np.float32), rng.random((3, 36, 44), dtype=np.float32)
+    cfg = FuseConfig(model="refine", options={"weights": str(stem), "tta": 2}, estimate="off")
+    fast = fuse_arrays(lr, msi, cfg)
+    monkeypatch.setattr(RefineNet, "channels_last_cpu", False)
+    assert not NetworkFuser(FusionProblem(4, 5, 3, options={"weights": str(stem)})).channels_last
+    np.testing.assert_allclose(fast, fuse_arrays(lr, msi, cfg), atol=1e-5)
+
+
 def test_network_fuser_without_weights_says_so():
     with pytest.raises(ModelError, match="weights"):
         NetworkFuser(FusionProblem(8, 31, 3))

@@ -48,6 +48,7 @@ class RefineNet(nn.Module):
 
     architecture = "refine"
     grid_hr = 2  # 2**levels (set per instance): tile origins must be multiples of it in HR pixels
+    channels_last_cpu = True  # NetworkFuser runs it channels-last on a CPU: about 35 % less time per pass (measured)
 
     def __init__(self, bands: int, msi_bands: int, scale: int = 8, nf: int = 64, hr_nf: int = 32, blocks: int = 2,
                  prior: bool = False, levels: int = 1, bias: bool = True):
