@@ -384,8 +384,7 @@ class DetailInjection(_ClassicalBase):
         be = be + muy[:, None, None] - torch.einsum("cmhw,m->chw", al, mux)
         return _boxmean(al, r), _boxmean(be, r)
 
-    #: "auto": numpy on a CPU for the default (local, bicubic) form, torch otherwise; a network's prior sets
-    #: "torch" (``zoo_fuser.prior_for``): torch is loaded there anyway, and its in-place chunks keep the x32 peak lower
+    #: "auto": numpy on a CPU for the default (local, bicubic) form, torch otherwise (a network's prior too)
     backend = "auto"
 
     def _numpy_path(self) -> bool:
