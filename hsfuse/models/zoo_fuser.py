@@ -307,3 +307,9 @@ class MulSRFuser(NetworkFuser):
 
 class RefineFuser(NetworkFuser):
     name = "refine"
+    # tiles stop at the scene border instead of reading a mirrored halo there (engine.stream_tiles): the network was
+    # trained on crops (zero-padded convolutions at their edges), the gsa prior and the LR projection apply the
+    # PSF's own border rule. Measured 2026-12-07 on the validation scenes (cave-gauss-x4/x8, wald-gauss x4, two
+    # passes): PSNR equal or up to 0.01 dB higher, the interior identical, 1.3-2x less CPU in the fusion itself
+    # (the halo of three SIRT steps under an overlapping kernel is 36 LR pixels at x4: a 512² scene ran as 800²)
+    tiles_stop_at_border = True

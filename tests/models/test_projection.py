@@ -110,7 +110,11 @@ def test_fuser_applies_the_projection_for_weights_trained_through_it_and_tiles_e
                                                               options={"weights": str(trained), **o}, estimate="off",
                                                               denoise="off"))
     whole = run(4096)
-    assert float(np.abs(spatial_degrade_t(torch.tensor(whole), psf).numpy() - lr).max()) < 1e-5
+    # every LR pixel explained, except where the clamp at 0 that follows the projection cut into its block
+    # (random weights make a few negative values)
+    clamped = (whole == 0).any(0).reshape(12, 4, 10, 4).any((1, 3))
+    assert clamped.sum() <= 3
+    assert float(np.abs(spatial_degrade_t(torch.tensor(whole), psf).numpy() - lr)[:, ~clamped].max()) < 1e-5
     np.testing.assert_allclose(run(16), whole, atol=1e-5)  # 4-LR-pixel tiles
     off = run(4096, lr_consistency="off")
     assert float(np.abs(spatial_degrade_t(torch.tensor(off), psf).numpy() - lr).max()) > 1e-3
