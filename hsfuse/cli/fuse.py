@@ -263,6 +263,8 @@ def fuse(
                 say(f"{out_path}: {res.plan['model']} ({res.plan['model_reason']}), x{res.plan['scale']}, "
                     f"{res.plan['tiles']} tile(s) on {res.plan['device']}, {res.seconds:.2f} s "
                     f"({res.megapixels_per_second:.3g} MP/s)"
+                    + (f"; the mean of {tta} network passes over the scene turned or flipped (-O tta=1: one)"
+                       if (tta := int((res.model_info or {}).get("tta") or 1)) > 1 else "")
                     + (f"; LR consistency on ({(res.model_info or {}).get('lr_consistency')}, the PSF taken as exact; "
                        "-O lr_consistency=off skips it)" if (res.model_info or {}).get("lr_consistency") else ""))
                 record({"lr": str(lr_path), "msi": str(msi_path), "output": res.output, "status": "ok",
