@@ -230,7 +230,10 @@ class NetworkFuser(Fuser):
             for k in TTA_TRANSFORMS[:self.tta]:
                 fwd = lambda a, k=k: None if a is None else dihedral(a, k).contiguous(memory_format=layout)  # noqa: E731
                 out = dihedral(run(fwd(lr_t), fwd(msi_t), fwd(prior_t)).float(), k, inverse=True)
-                y = out.contiguous() if y is None else y.add_(out)
+                if y is None:  # a copy when passes are summed into it: a network's output may be a view of its input
+                    y = out.contiguous() if self.tta == 1 else out.clone(memory_format=torch.contiguous_format)
+                else:
+                    y.add_(out)
         return y if self.tta == 1 else y.div_(self.tta)
 
     # -- engine interface
