@@ -361,6 +361,18 @@ def test_a_wide_psf_at_x32_is_found_with_its_phase(rgb):
     assert _psnr(z, blind) > _psnr(z, told) - 0.3
 
 
+def test_a_gaussian_block_at_x32_is_fitted_as_one(rgb):
+    """×32 has no free kernel: a Gaussian *block* (32×32 taps, pad 0, σ 8; not a preset) is a candidate of its own."""
+    z = synthetic_scene(512, seed=33)
+    psf = Psf.block(gaussian_kernel(32, 8.0))
+    lr, msi = _pair(z, psf, rgb)
+    est = estimate_pair(lr, msi, 32)
+    assert est.psf_kind == "gaussian block" and psf_distance(est.psf, psf) < 0.05
+    told = fuse_arrays(lr, msi, FuseConfig(model="gsa", psf=psf, srf=rgb))
+    blind = fuse_arrays(lr, msi, FuseConfig(model="gsa"))
+    assert _psnr(z, blind) > _psnr(z, told) - 0.1
+
+
 def test_a_saved_estimate_keeps_the_preset_it_recognised(tmp_path, scene, rgb):
     """--save-estimate then --psf F --srf F fuses exactly as the no-flag run did (the PSF stays exact)."""
     psf = get_protocol("wald-gauss").build_psf(4)
