@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, UsageError
-from .psf import Psf
+from .psf import Psf, make_psf
 
 __all__ = ["PairEstimate", "estimate_pair", "estimate_from_sources", "estimate_srf", "estimate_psf_sigma",
            "valid_pixels", "RESIDUAL_POOR", "RESIDUAL_FAIL"]
@@ -441,8 +441,8 @@ def _fit_gaussian(sample: _Sample, srf: np.ndarray | None) -> tuple[float, float
     sig_max = max(0.3, min(1.2 * s, (k / 2.0) / 2.5))
     lim = min(s / 2.0 + 0.5, reach)
 
-    def search(sig0: float, sigma_first: bool) -> tuple[float, float, float, float]:
-        state.update(sig=sig0, dy=0.0, dx=0.0)
+    def search(sigma_first: bool) -> tuple[float, float, float, float]:
+        state.update(sig=min(s / 3.0, sig_max), dy=0.0, dx=0.0)
         res = float("inf")
         if sigma_first:  # the width at the block centre first
             state["sig"], res = _line_search(lambda v: cost(sig=v), np.geomspace(0.25, sig_max, 12), 10)
@@ -461,12 +461,11 @@ def _fit_gaussian(sample: _Sample, srf: np.ndarray | None) -> tuple[float, float
     # the phase first, at a moderate width (fitted first, σ would absorb a shift as extra blur). Above ×8 also
     # the width first: a wide kernel (×32, σ 20) makes the phase search at σ s/3 land 6 HR pixels off, with a
     # residual 100x the truth's (2026-12-07); the better of the two starts is kept
-    best = search(min(s / 3.0, sig_max), sigma_first=False)
+    best = search(sigma_first=False)
     if s > 8:
-        other = search(min(s / 3.0, sig_max), sigma_first=True)
+        other = search(sigma_first=True)
         best = other if other[3] < best[3] else best
     return best
-    return state["sig"], state["dy"], state["dx"], res
 
 
 def _fit_free_kernel(sample: _Sample, init: np.ndarray, srf: np.ndarray, rows: np.ndarray,
@@ -585,9 +584,10 @@ def estimate_pair(lr: np.ndarray, msi_ext: np.ndarray, scale: int, *, halo: int 
         gkern = _gauss(k, sig, c0 + dy, c0 + dx)
         cands["gaussian"] = gres
         best = ("gaussian", None, gres, gkern)
-        # a free kernel, kept only if it explains held-out pixels clearly better than the Gaussian
+        # an alternative kernel is kept only if it explains held-out pixels clearly better than the Gaussian:
+        # a free kernel up to x16, above it (no free kernel) a Gaussian *block* (s×s taps, pad 0)
+        fit_rows, test_rows = np.arange(0, sample.n, 2), np.arange(1, sample.n, 2)
         if s <= 16 and sample.n >= 64:
-            fit_rows, test_rows = np.arange(0, sample.n, 2), np.arange(1, sample.n, 2)
             r_g = _fit_srf(sample, gkern) if srf is None else srf
             fkern = _fit_free_kernel(sample, gkern, r_g, fit_rows)
             held_f = sample.residual(sample.degrade(fkern), srf, rows=test_rows)
@@ -596,23 +596,20 @@ def estimate_pair(lr: np.ndarray, msi_ext: np.ndarray, scale: int, *, halo: int 
             cands["gaussian (held-out)"] = held_g
             if held_f < FREE_KERNEL_GAIN * held_g and held_g - held_f > 2e-3:
                 best = ("free kernel", None, sample.residual(sample.degrade(fkern), srf), fkern)
-        if s > 16 and sample.n >= 32:  # no free kernel here: a Gaussian *block* (s×s taps, pad 0) as the alternative
-            from .psf import gaussian_kernel
+        elif s > 16 and sample.n >= 32:
+            def block(sig: float) -> Psf:
+                return make_psf("gaussian", s, sigma=sig, form="block")
 
-            def block(sig: float) -> np.ndarray | None:
-                return sample.embed(Psf.block(gaussian_kernel(s, sig)))
-
-            bsig, _ = _line_search(lambda v: sample.residual(sample.degrade(block(v)), srf),
+            bsig, _ = _line_search(lambda v: sample.residual(sample.degrade(sample.embed(block(v))), srf),
                                    np.geomspace(0.1 * s, 1.5 * s, 12), 10)
-            bkern = block(bsig)
-            fit_rows, test_rows = np.arange(0, sample.n, 2), np.arange(1, sample.n, 2)
+            bpsf = block(bsig)
+            bkern = sample.embed(bpsf)
             held_b = sample.residual(sample.degrade(bkern), srf, rows=test_rows)
             held_g = sample.residual(sample.degrade(gkern), srf, rows=test_rows)
             cands["gaussian block (held-out)"] = held_b
             cands["gaussian (held-out)"] = held_g
             if held_b < FREE_KERNEL_GAIN * held_g:
-                best = ("gaussian block", Psf.block(gaussian_kernel(s, bsig)), sample.residual(sample.degrade(bkern), srf),
-                        bkern)
+                best = ("gaussian block", bpsf, sample.residual(sample.degrade(bkern), srf), bkern)
         if presets and best[2] <= RESIDUAL_POOR:  # a preset is only recognised in a pair that follows the model
             seen = set()
             for name, ppsf, _ in preset_forward_models(s, c, m):

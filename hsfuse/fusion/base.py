@@ -48,6 +48,9 @@ class Fuser:
     #: (top, bottom, left, right); ``halo_lr`` on every side except where tiles stop at the scene border
     #: (PSFs whose LR samples sit off the block centres); None: ``halo_lr`` on every side
     tile_halo: tuple[int, int, int, int] | None = None
+    #: tiles stop at the scene border instead of reading a mirrored halo there (``engine.stream_tiles``; always so
+    #: for a PSF whose LR samples sit off the block centres): for a fuser that handles a border itself
+    tiles_stop_at_border: bool = False
 
     def __init__(self, problem: FusionProblem, device: str = "cpu", precision: str = "fp32"):
         self.problem = problem

@@ -670,7 +670,7 @@ def stream_tiles(plan: FusePlan, fuser: Fuser, prep: _Prepared, msi: CubeSource,
     # border rule applies, as in one untiled call; tiled = untiled still holds.
     # A fuser may also ask for it (refine: trained on crops, so its network and its gsa prior handle a border
     # themselves; the mirrored halo only cost time, 1.3-2x on a 512² scene, for the same PSNR to 0.02 dB).
-    in_scene = any(sampling_phase(plan.psf)) or bool(getattr(fuser, "tiles_stop_at_border", False))
+    in_scene = any(sampling_phase(plan.psf)) or fuser.tiles_stop_at_border
     h_lr, w_lr = plan.lr_shape[1:]
     lr_valid = prep.lr_valid
     clip_min = plan.clip.get("min")
